@@ -1,0 +1,154 @@
+// Command sluice is an HAProxy-compatible load balancer.
+//
+//	sluice -f FILE [-f FILE...]   run with a configuration
+//	sluice -c -f FILE             check a configuration
+//	sluice demo                   run the built-in demo
+//	sluice version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/sluicelb/sluice/pkg/config"
+	"github.com/sluicelb/sluice/userspace/proxy"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "0.1.0-dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		var ue usageError
+		if !errors.As(err, &ue) && !errors.Is(err, errReported) {
+			fmt.Fprintln(os.Stderr, "sluice:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+// usageError is a command-line mistake; its message has been printed.
+type usageError struct{ error }
+
+// errReported means the details were already written to stderr.
+var errReported = errors.New("reported")
+
+type fileList []string
+
+func (f *fileList) String() string     { return strings.Join(*f, ",") }
+func (f *fileList) Set(v string) error { *f = append(*f, v); return nil }
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "demo":
+			return runDemo(ctx, args[1:], stdout, stderr)
+		case "version":
+			fmt.Fprintln(stdout, "sluice", version)
+			return nil
+		}
+	}
+	fs := flag.NewFlagSet("sluice", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var files fileList
+	fs.Var(&files, "f", "configuration `file` (repeatable; concatenated in order)")
+	check := fs.Bool("c", false, "check the configuration and exit")
+	showVersion := fs.Bool("v", false, "print the version and exit")
+	debug := fs.Bool("d", false, "debug logging")
+	grace := fs.Duration("grace", 30*time.Second, "how long a stop waits for in-flight requests")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: sluice -f FILE [-f FILE...] [-c]\n       sluice demo\n       sluice version\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return usageError{err}
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, "sluice", version)
+		return nil
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
+	if len(files) == 0 {
+		fs.Usage()
+		return usageError{errors.New("no configuration file (-f)")}
+	}
+	level := slog.LevelInfo
+	if *debug {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	cfg, p, err := load(files, log, stderr)
+	if err != nil {
+		return err
+	}
+	if *check {
+		fmt.Fprintln(stdout, "Configuration file is valid")
+		return nil
+	}
+	return serve(ctx, cfg, p, log, stderr, *grace)
+}
+
+// load parses and compiles a configuration, printing every error and
+// warning as FILE:LINE: message.
+func load(files []string, log *slog.Logger, stderr io.Writer) (*config.Config, *proxy.Proxy, error) {
+	cfg, err := config.Load(files...)
+	return compile(cfg, err, stderr, log)
+}
+
+func compile(cfg *config.Config, err error, stderr io.Writer, log *slog.Logger) (*config.Config, *proxy.Proxy, error) {
+	if cfg != nil {
+		for _, w := range cfg.Warnings {
+			fmt.Fprintf(stderr, "[WARNING] %s\n", w.Error())
+		}
+	}
+	if err != nil {
+		printErrors(stderr, err)
+		return nil, nil, errReported
+	}
+	p, err := proxy.New(cfg, log)
+	if err != nil {
+		printErrors(stderr, err)
+		return nil, nil, errReported
+	}
+	return cfg, p, nil
+}
+
+func printErrors(w io.Writer, err error) {
+	var ce config.Errors
+	if errors.As(err, &ce) {
+		for _, d := range ce {
+			fmt.Fprintf(w, "[ALERT] %s\n", d.Error())
+		}
+		return
+	}
+	fmt.Fprintf(w, "[ALERT] %v\n", err)
+}
+
+func serve(ctx context.Context, cfg *config.Config, p *proxy.Proxy, log *slog.Logger, stderr io.Writer, grace time.Duration) error {
+	if err := p.Listen(); err != nil {
+		return err
+	}
+	log.Info("sluice started", "version", version, "frontends", len(cfg.Frontends), "backends", len(cfg.Backends), "pid", os.Getpid())
+	err := p.Serve(ctx, stderr, grace)
+	log.Info("sluice stopped")
+	return err
+}

@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# HTTP/1.1 keep-alive throughput and latency: sluice vs HAProxy vs nginx vs the backend directly.
+#
+#   scripts/bench/http.sh                         # 3 rounds x 10s per target
+#   DURATION=5s ROUNDS=5 scripts/bench/http.sh
+#   TARGETS="haproxy direct" scripts/bench/http.sh
+#   SLUICE_BIN=/path/to/sluice scripts/bench/http.sh   # skip the build
+#
+# Env: DURATION (10s), ROUNDS (3), WARMUP (2s), CONNS (50), THREADS (1), TARGETS ("sluice haproxy nginx direct"),
+#      RESULTS_DIR (default: a new /tmp/sluice-http-DATE.XXXX), SLUICE_BIN.
+# See scripts/bench/README.md for what the numbers mean.
+set -euo pipefail
+# shellcheck source=scripts/bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
+WARMUP=${WARMUP:-2s}
+CONNS=${CONNS:-50}
+THREADS=${THREADS:-1}
+TARGETS=${TARGETS:-sluice haproxy nginx direct}
+
+bench_init http
+ensure_tools wrk:wrk haproxy:haproxy nginx:nginx-light curl:curl
+CLK_TCK=$(getconf CLK_TCK)
+
+log "results: $RESULTS"
+{
+	echo "date: $(date -Is)"
+	echo "kernel: $(uname -r)  cpus: $(nproc)  GOMAXPROCS env: ${GOMAXPROCS:-<unset>}"
+	echo "wrk: $(wrk -v 2>&1 | head -n1)"
+	echo "haproxy: $(haproxy -v | head -n1)"
+	echo "nginx: $(nginx -v 2>&1)"
+	echo "params: DURATION=$DURATION ROUNDS=$ROUNDS WARMUP=$WARMUP CONNS=$CONNS THREADS=$THREADS TARGETS=$TARGETS"
+} >"$RESULTS/env.txt"
+[[ -n ${GOMAXPROCS:-} ]] && log "note: GOMAXPROCS=$GOMAXPROCS is set in the environment and sluice inherits it"
+
+# ---- backend -------------------------------------------------------------------------------------------------
+free_port BPORT
+write_nginx_backend "$RESULTS/backend.conf" "$BPORT"
+start_target backend "$RESULTS/backend.conf" "$BPORT"
+BACKEND_PID=$TARGET_PID
+log "backend nginx pid $BACKEND_PID on 127.0.0.1:$BPORT"
+
+# ---- targets -------------------------------------------------------------------------------------------------
+declare -A PORT=() PID=()
+ACTIVE=()
+for t in $TARGETS; do
+	case $t in
+	direct)
+		PORT[$t]=$BPORT PID[$t]=""
+		;;
+	sluice)
+		build_sluice
+		if [[ -z $SLUICE ]]; then
+			log "skipping sluice: $SLUICE_WHY"
+			continue
+		fi
+		free_port p
+		write_lb_conf "$RESULTS/sluice.cfg" "$p" "$BPORT" sluice
+		check_sluice_conf "$RESULTS/sluice.cfg" || { log "skipping sluice"; continue; }
+		start_target sluice "$RESULTS/sluice.cfg" "$p"
+		PORT[$t]=$p PID[$t]=$TARGET_PID
+		;;
+	haproxy)
+		free_port p
+		write_lb_conf "$RESULTS/haproxy.cfg" "$p" "$BPORT" haproxy
+		start_target haproxy "$RESULTS/haproxy.cfg" "$p"
+		PORT[$t]=$p PID[$t]=$TARGET_PID
+		;;
+	nginx)
+		free_port p
+		write_nginx_proxy "$RESULTS/nginx.conf" "$p" "$BPORT" 30s
+		start_target nginx "$RESULTS/nginx.conf" "$p"
+		PORT[$t]=$p PID[$t]=$TARGET_PID
+		;;
+	*) die "unknown target '$t' (want sluice, haproxy, nginx, direct)" ;;
+	esac
+	# Same answer through every target: a proxy that answers an error fast must not look good.
+	body=$(curl -fsS --max-time 2 "http://127.0.0.1:${PORT[$t]}/") || die "$t: request failed"
+	[[ $body == "$BACKEND_BODY" ]] || die "$t: unexpected body: ${body:0:120}"
+	curl -sS -o /dev/null -D "$RESULTS/$t.headers" --max-time 2 "http://127.0.0.1:${PORT[$t]}/"
+	: >"$RESULTS/$t.tsv"
+	ACTIVE+=("$t")
+	log "$t ready on 127.0.0.1:${PORT[$t]}${PID[$t]:+ (pid ${PID[$t]})}"
+done
+((${#ACTIVE[@]})) || die "no target to benchmark"
+
+# ---- runs ----------------------------------------------------------------------------------------------------
+# run_wrk TARGET DURATION OUTFILE: one wrk run; appends "rps p50_ms p99_ms errors proxy% backend% wrk%" to OUTFILE.tsv
+run_wrk() {
+	local t=$1 d=$2 out=$3 t0 t1 p0 p1 b0 b1 wall cpu
+	p0=0 p1=0
+	[[ -n ${PID[$t]} ]] && p0=$(proc_cpu_ticks "${PID[$t]}")
+	b0=$(proc_cpu_ticks "$BACKEND_PID")
+	t0=$(date +%s%N)
+	# wrk's own CPU: the builtin `times` (no fork) before and after; wrk is the only child reaped in between.
+	times >"$out.times0"
+	run_tracked wrk -t"$THREADS" -c"$CONNS" -d"$d" --latency "http://127.0.0.1:${PORT[$t]}/" >"$out" 2>&1 ||
+		{ cat "$out" >&2; die "wrk failed against $t"; }
+	times >"$out.times1"
+	t1=$(date +%s%N)
+	[[ -n ${PID[$t]} ]] && p1=$(proc_cpu_ticks "${PID[$t]}")
+	b1=$(proc_cpu_ticks "$BACKEND_PID")
+	wall=$(((t1 - t0) / 1000000)) # ms
+	# second line of `times`: children's user and system time, e.g. "0m1.234s 0m2.345s"
+	read -r wu ws < <(cat "$out.times0" "$out.times1" | awk 'function sec(x) { split(x, a, "m"); return a[1] * 60 + a[2] }
+		NR == 2 { u0 = sec($1); s0 = sec($2) } NR == 4 { printf "%.3f %.3f\n", sec($1) - u0, sec($2) - s0 }')
+	rm -f "$out.times0" "$out.times1"
+	cpu=$(awk -v p=$((p1 - p0)) -v b=$((b1 - b0)) -v hz="$CLK_TCK" -v w="$wall" -v wu="$wu" -v ws="$ws" \
+		'BEGIN { printf "%.0f %.0f %.0f", p/hz*100000/w, b/hz*100000/w, (wu+ws)*100000/w }')
+	[[ -n ${PID[$t]} ]] || cpu="- ${cpu#* }"
+	awk -v cpu="$cpu" '
+		function ms(s) {   # wrk prints 512.00us, 1.23ms, 1.01s, 1.50m
+			if (s ~ /us$/) return substr(s, 1, length(s)-2) / 1000
+			if (s ~ /ms$/) return substr(s, 1, length(s)-2) + 0
+			if (s ~ /s$/)  return substr(s, 1, length(s)-1) * 1000
+			if (s ~ /m$/)  return substr(s, 1, length(s)-1) * 60000
+			if (s ~ /h$/)  return substr(s, 1, length(s)-1) * 3600000
+			return -1
+		}
+		/^Requests\/sec:/ { rps = $2 }
+		$1 == "50%" { p50 = ms($2) }
+		$1 == "99%" { p99 = ms($2) }
+		/Non-2xx or 3xx responses:/ { err += $NF }
+		/Socket errors:/ { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) err += $i + 0 }
+		END {
+			if (rps == "") { print "no Requests/sec in wrk output" > "/dev/stderr"; exit 1 }
+			printf "%s %.3f %.3f %d %s\n", rps, p50, p99, err, cpu
+		}' "$out" >>"$RESULTS/$t.tsv"
+}
+
+log "warm-up: $WARMUP per target"
+for t in "${ACTIVE[@]}"; do
+	run_tracked wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" "http://127.0.0.1:${PORT[$t]}/" >"$RESULTS/$t.warmup.txt" 2>&1 ||
+		{ cat "$RESULTS/$t.warmup.txt" >&2; die "warm-up failed against $t"; }
+done
+
+for ((r = 1; r <= ROUNDS; r++)); do
+	for t in "${ACTIVE[@]}"; do
+		log "round $r/$ROUNDS: $t (wrk -t$THREADS -c$CONNS -d$DURATION --latency)"
+		run_wrk "$t" "$DURATION" "$RESULTS/$t.round$r.txt"
+		for pid in "${PID[$t]}" "$BACKEND_PID"; do
+			[[ -z $pid ]] || kill -0 "$pid" 2>/dev/null || die "$t: process $pid died during the run (see $RESULTS/*.log)"
+		done
+	done
+done
+
+# ---- report --------------------------------------------------------------------------------------------------
+# Median of each column across rounds, then ratios against haproxy and direct.
+summary() {
+	local t
+	for t in "${ACTIVE[@]}"; do
+		awk -v t="$t" '
+			function med(a, n,   i, j, x) {   # insertion sort, n is small
+				for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j+1] = a[j]; a[j+1] = x }
+				return n % 2 ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2
+			}
+			{ n++; rps[n] = $1; p50[n] = $2; p99[n] = $3; err += $4; pc[n] = $5; bc[n] = $6; wc[n] = $7
+			  rounds = rounds (n > 1 ? "/" : "") sprintf("%.0f", $1) }
+			END {
+				printf "%s %.0f %s %.3f %.3f %d %s %.0f %.0f\n", t, med(rps, n), rounds, med(p50, n), med(p99, n), err,
+					(pc[1] == "-" ? "-" : sprintf("%.0f", med(pc, n))), med(bc, n), med(wc, n)
+			}' "$RESULTS/$t.tsv"
+	done
+}
+summary >"$RESULTS/summary.txt"
+
+report() {
+	awk '
+		{ t[NR] = $1; rps[$1] = $2; rounds[$1] = $3; p50[$1] = $4; p99[$1] = $5; err[$1] = $6; pc[$1] = $7; bc[$1] = $8; wc[$1] = $9 }
+		function ratio(a, b) { return (b == "" || b == 0) ? "-" : sprintf("%.2f", a / b) }
+		END {
+			hdr = "%-8s %9s  %-23s %8s %8s %7s %7s %8s %6s %6s %6s %6s %9s\n"
+			row = "%-8s %9s  %-23s %8.3f %8.3f %7s %7s %8s %6s %6s %6s %6s %9s\n"
+			printf hdr, "target", "req/s", "rounds req/s", "p50 ms", "p99 ms", "xHAP", "xdirect", "p99xHAP", "errors", "proxy%", "bknd%", "wrk%", "req/core"
+			for (i = 1; i <= NR; i++) {
+				k = t[i]
+				percore = (pc[k] == "-" || pc[k] == 0) ? "-" : sprintf("%.0f", rps[k] * 100 / pc[k])
+				printf row, k, rps[k], rounds[k], p50[k], p99[k], ratio(rps[k], rps["haproxy"]), ratio(rps[k], rps["direct"]),
+					ratio(p99[k], p99["haproxy"]), err[k], pc[k], bc[k], wc[k], percore
+			}
+		}' "$RESULTS/summary.txt"
+}
+{
+	echo
+	echo "wrk -t$THREADS -c$CONNS -d$DURATION --latency, $ROUNDS interleaved rounds, $(nproc) CPUs; req/s, p50, p99, CPU% = median of rounds"
+	report
+	echo
+	echo "xHAP/xdirect: req/s relative to haproxy/direct (higher is better); p99xHAP: p99 relative to haproxy (lower is better)"
+	echo "errors: non-2xx + socket errors summed over rounds; CPU% of one core during the run (proxy, backend nginx, wrk)"
+	echo "req/core: req/s per fully busy proxy core (req/s * 100 / proxy%): efficiency independent of how many cores the proxy grabbed"
+	[[ " ${ACTIVE[*]} " == *" sluice "* ]] || [[ " $TARGETS " != *" sluice "* ]] || echo "sluice: not measured (${SLUICE_WHY})"
+	echo "raw wrk outputs, configs and logs: $RESULTS"
+} | tee "$RESULTS/report.txt"

@@ -1,0 +1,393 @@
+// Package proxy is the glue of sluice's data path: listeners, the HTTP/1
+// exchange between a client connection and pooled upstream connections, error
+// responses and the access log. It builds on h1 (framing), route (ACLs) and
+// queue (server slots and balancing); it does not parse configuration text
+// and does not touch eBPF.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sluicelb/sluice/pkg/config"
+	"github.com/sluicelb/sluice/userspace/queue"
+	"github.com/sluicelb/sluice/userspace/route"
+)
+
+// Defaults applied when a timeout is not configured (HAProxy warns and waits
+// forever; sluice prefers bounded waits).
+const (
+	defaultConnectTimeout = 5 * time.Second
+	defaultClientTimeout  = 50 * time.Second
+	defaultServerTimeout  = 50 * time.Second
+	idlePurgeDelay        = 5 * time.Second // like HAProxy's pool-purge-delay
+)
+
+// Proxy is a running configuration: frontends with their listeners and the
+// backends they route to.
+type Proxy struct {
+	cfg       *config.Config
+	frontends []*frontend
+	backends  []*backend
+	log       *slog.Logger
+	access    *accessLog
+
+	actconn atomic.Int64 // client connections being served, all frontends
+	maxconn int
+
+	wg      sync.WaitGroup // serving goroutines
+	conns   sync.Map       // *session -> struct{}, for shutdown
+	closing atomic.Bool
+	stop    chan struct{}
+}
+
+type frontend struct {
+	name      string
+	cfg       *config.Frontend
+	router    *route.Router
+	listeners []net.Listener
+	sem       chan struct{} // maxconn slots
+
+	timeoutClient, timeoutHTTPRequest, timeoutKeepAlive time.Duration
+	httplog, dontlognull, forwardFor                    bool
+	xffHeader                                           string
+	xffExcept                                           netip.Prefix
+	serverClose                                         bool
+
+	cur   atomic.Int64
+	total atomic.Int64
+}
+
+type hashKind int
+
+const (
+	hashNone hashKind = iota
+	hashSource
+	hashURI
+	hashURIWhole
+	hashURLParam
+	hashHdr
+)
+
+type backend struct {
+	name    string
+	cfg     *config.Backend
+	q       *queue.Backend
+	servers []*server
+
+	hash    hashKind
+	hashArg string
+
+	timeoutConnect, timeoutServer time.Duration
+	retries                       int
+	redispatch                    bool
+	forwardFor                    bool
+	xffHeader                     string
+	serverClose                   bool
+
+	cur   atomic.Int64
+	total atomic.Int64
+}
+
+type server struct {
+	q    *queue.Server
+	be   *backend
+	addr string
+	pool idlePool
+}
+
+// New builds a proxy from a configuration without opening any socket.
+// Errors name FILE:LINE.
+func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	p := &Proxy{cfg: cfg, log: log, maxconn: cfg.Global.MaxConn, stop: make(chan struct{})}
+	var errs config.Errors
+	index := map[string]int{}
+	for _, bc := range cfg.Backends {
+		be, err := newBackend(bc)
+		if err != nil {
+			errs = append(errs, config.Diag{Pos: bc.Pos, Msg: err.Error()})
+			continue
+		}
+		index[bc.Name] = len(p.backends)
+		p.backends = append(p.backends, be)
+	}
+	for _, fc := range cfg.Frontends {
+		fe, err := p.newFrontend(fc, index)
+		if err != nil {
+			var ce config.Errors
+			if errors.As(err, &ce) {
+				errs = append(errs, ce...)
+			} else {
+				errs = append(errs, config.Diag{Pos: fc.Pos, Msg: err.Error()})
+			}
+			continue
+		}
+		p.frontends = append(p.frontends, fe)
+	}
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	return p, nil
+}
+
+func newBackend(bc *config.Backend) (*backend, error) {
+	bal, err := queue.NewBalancer(bc.Balance.Algo, bc.Balance.Args)
+	if err != nil {
+		return nil, err
+	}
+	be := &backend{
+		name:           bc.Name,
+		cfg:            bc,
+		timeoutConnect: orDefault(bc.Timeouts.Connect, defaultConnectTimeout),
+		timeoutServer:  orDefault(bc.Timeouts.Server, defaultServerTimeout),
+		retries:        bc.Retries,
+		redispatch:     bc.Options.Redispatch,
+		forwardFor:     bc.Options.ForwardFor,
+		xffHeader:      orString(bc.Options.ForwardForHeader, "X-Forwarded-For"),
+		serverClose:    bc.Options.HTTPServerClose,
+	}
+	switch bc.Balance.Algo {
+	case "source":
+		be.hash = hashSource
+	case "uri":
+		be.hash = hashURI
+		for _, a := range bc.Balance.Args {
+			if a == "whole" {
+				be.hash = hashURIWhole
+			}
+		}
+	case "url_param":
+		be.hash = hashURLParam
+		if len(bc.Balance.Args) > 0 {
+			be.hashArg = bc.Balance.Args[0]
+		}
+	case "hdr":
+		be.hash = hashHdr
+		if len(bc.Balance.Args) > 0 {
+			be.hashArg = strings.ToLower(bc.Balance.Args[0])
+		}
+	}
+	// timeout queue defaults to timeout connect, as in HAProxy.
+	tq := orDefault(bc.Timeouts.Queue, be.timeoutConnect)
+	var qs []*queue.Server
+	for _, sc := range bc.Servers {
+		qsrv := &queue.Server{
+			Name: sc.Name, Addr: sc.Addr, Weight: sc.Weight,
+			MaxConn: sc.MaxConn, MaxQueue: sc.MaxQueue, Backup: sc.Backup,
+		}
+		if sc.Disabled {
+			qsrv.SetState(queue.StateMaint)
+		}
+		qs = append(qs, qsrv)
+		be.servers = append(be.servers, &server{q: qsrv, be: be, addr: sc.Addr})
+	}
+	be.q = queue.NewBackend(bc.Name, qs, bal, tq)
+	return be, nil
+}
+
+func (p *Proxy) newFrontend(fc *config.Frontend, index map[string]int) (*frontend, error) {
+	r, err := route.Compile(fc, func(name string) (int, bool) { i, ok := index[name]; return i, ok })
+	if err != nil {
+		return nil, err
+	}
+	fe := &frontend{
+		name:          fc.Name,
+		cfg:           fc,
+		router:        r,
+		timeoutClient: orDefault(fc.Timeouts.Client, defaultClientTimeout),
+		httplog:       fc.Options.HTTPLog,
+		dontlognull:   fc.Options.DontLogNull,
+		forwardFor:    fc.Options.ForwardFor,
+		xffHeader:     orString(fc.Options.ForwardForHeader, "X-Forwarded-For"),
+		serverClose:   fc.Options.HTTPServerClose,
+	}
+	if len(fc.Logs) == 0 {
+		fe.httplog = false // no log line: nothing to log to
+	}
+	if fc.Options.ForwardForExcept != "" {
+		pfx, err := parsePrefix(fc.Options.ForwardForExcept)
+		if err != nil {
+			return nil, fmt.Errorf("option forwardfor except: %w", err)
+		}
+		fe.xffExcept = pfx
+	}
+	fe.timeoutHTTPRequest = orDefault(fc.Timeouts.HTTPRequest, fe.timeoutClient)
+	fe.timeoutKeepAlive = orDefault(fc.Timeouts.HTTPKeepAlive, fe.timeoutHTTPRequest)
+	mc := fc.MaxConn
+	if mc == 0 {
+		mc = p.maxconn
+	}
+	if mc > 0 {
+		fe.sem = make(chan struct{}, mc)
+	}
+	return fe, nil
+}
+
+func parsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		return netip.ParsePrefix(s)
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
+
+func orString(s, def string) string {
+	if s != "" {
+		return s
+	}
+	return def
+}
+
+// Listen opens every frontend's listeners. On error, those already opened
+// are closed.
+func (p *Proxy) Listen() error {
+	for _, fe := range p.frontends {
+		for _, b := range fe.cfg.Binds {
+			ln, err := listen(b.Addr)
+			if err != nil {
+				p.closeListeners()
+				return fmt.Errorf("%s: frontend '%s': bind %s: %w", b.Pos, fe.name, b.Addr, err)
+			}
+			fe.listeners = append(fe.listeners, ln)
+		}
+	}
+	return nil
+}
+
+func (p *Proxy) closeListeners() {
+	for _, fe := range p.frontends {
+		for _, ln := range fe.listeners {
+			ln.Close()
+		}
+	}
+}
+
+// Addrs returns the listening addresses of a frontend (for tests and the demo).
+func (p *Proxy) Addrs(frontend string) []net.Addr {
+	var out []net.Addr
+	for _, fe := range p.frontends {
+		if fe.name == frontend {
+			for _, ln := range fe.listeners {
+				out = append(out, ln.Addr())
+			}
+		}
+	}
+	return out
+}
+
+// Serve accepts connections until ctx is done, then stops gracefully: the
+// listeners close, in-flight requests finish, idle connections close. It
+// returns once every connection has ended or grace has passed.
+func (p *Proxy) Serve(ctx context.Context, access io.Writer, grace time.Duration) error {
+	if access != nil {
+		p.access = newAccessLog(access)
+		defer p.access.Close()
+	}
+	for _, fe := range p.frontends {
+		for _, ln := range fe.listeners {
+			p.wg.Add(1)
+			go p.acceptLoop(fe, ln)
+		}
+	}
+	go p.purgeLoop()
+	<-ctx.Done()
+	p.closing.Store(true)
+	close(p.stop)
+	p.closeListeners()
+	// Wake idle keep-alive connections so they close now.
+	p.conns.Range(func(k, _ any) bool { k.(*session).wakeIdle(); return true })
+	done := make(chan struct{})
+	go func() { p.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		p.conns.Range(func(k, _ any) bool { k.(*session).c.Close(); return true })
+		<-done
+	}
+	for _, be := range p.backends {
+		for _, s := range be.servers {
+			s.pool.closeAll()
+		}
+	}
+	return nil
+}
+
+func (p *Proxy) acceptLoop(fe *frontend, ln net.Listener) {
+	defer p.wg.Done()
+	var backoff time.Duration
+	for {
+		// maxconn: take the slot before accepting, so that excess
+		// connections wait in the kernel's backlog, as in HAProxy.
+		if fe.sem != nil {
+			select {
+			case fe.sem <- struct{}{}:
+			case <-p.stop:
+				return
+			}
+		}
+		c, err := ln.Accept()
+		if err != nil {
+			if fe.sem != nil {
+				<-fe.sem
+			}
+			if p.closing.Load() || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// EMFILE and friends: back off rather than spin.
+			if backoff == 0 {
+				backoff = 5 * time.Millisecond
+			} else if backoff < time.Second {
+				backoff *= 2
+			}
+			p.log.Warn("accept failed", "frontend", fe.name, "err", err, "retry_in", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-p.stop:
+				return
+			}
+			continue
+		}
+		backoff = 0
+		p.wg.Add(1)
+		go p.serveConn(fe, c.(*net.TCPConn))
+	}
+}
+
+func (p *Proxy) purgeLoop() {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case now := <-t.C:
+			for _, be := range p.backends {
+				for _, s := range be.servers {
+					s.pool.purge(now.Add(-idlePurgeDelay))
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,25 @@
+//go:build !unix
+
+package proxy
+
+import (
+	"context"
+	"net"
+)
+
+func listen(addr string) (net.Listener, error) {
+	lc := net.ListenConfig{}
+	return lc.Listen(context.Background(), "tcp", addr)
+}
+
+func alive(c *net.TCPConn) bool { return true }
+
+func readIdle(c *net.TCPConn) ([]byte, int, error) {
+	buf := getBuf()
+	n, err := c.Read(buf)
+	if err != nil || n == 0 {
+		putBuf(buf)
+		return nil, 0, err
+	}
+	return buf, n, nil
+}
