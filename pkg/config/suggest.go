@@ -76,3 +76,13 @@ func osaDistance(a, b string, max int) int {
 	}
 	return min(prev[len(b)], max)
 }
+
+// suggestIn prefers a suggestion among the words valid where the typo was
+// made, then among all the words of the kind (which will then be reported as
+// misplaced, still a step closer).
+func suggestIn(word string, here, all []string) string {
+	if s := didYouMean(word, here); s != "" {
+		return s
+	}
+	return didYouMean(word, all)
+}

@@ -7,7 +7,8 @@
 #   SLUICE_BIN=/path/to/sluice scripts/bench/http.sh   # skip the build
 #
 # Env: DURATION (10s), ROUNDS (3), WARMUP (2s), CONNS (50), THREADS (1), TARGETS ("sluice haproxy nginx direct"),
-#      RESULTS_DIR (default: a new /tmp/sluice-http-DATE.XXXX), SLUICE_BIN.
+#      RESULTS_DIR (default: a new /tmp/sluice-http-DATE.XXXX), SLUICE_BIN, QUIET_WAIT (30: seconds to wait for
+#      other processes to stop using the CPUs before starting; then it warns and goes on).
 # See scripts/bench/README.md for what the numbers mean.
 set -euo pipefail
 # shellcheck source=scripts/bench/lib.sh
@@ -19,6 +20,7 @@ WARMUP=${WARMUP:-2s}
 CONNS=${CONNS:-50}
 THREADS=${THREADS:-1}
 TARGETS=${TARGETS:-sluice haproxy nginx direct}
+QUIET_WAIT=${QUIET_WAIT:-30}
 
 bench_init http
 ensure_tools wrk:wrk haproxy:haproxy nginx:nginx-light curl:curl
@@ -88,27 +90,34 @@ done
 
 # ---- runs ----------------------------------------------------------------------------------------------------
 # run_wrk TARGET DURATION OUTFILE: one wrk run; appends "rps p50_ms p99_ms errors proxy% backend% wrk%" to OUTFILE.tsv
+sys_cpu_ticks() { # busy (all CPUs, not idle/iowait) and steal ticks from /proc/stat
+	awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9, $9; exit }' /proc/stat
+}
+
 run_wrk() {
-	local t=$1 d=$2 out=$3 t0 t1 p0 p1 b0 b1 wall cpu
+	local t=$1 d=$2 out=$3 t0 t1 p0 p1 b0 b1 s0 s1 st0 st1 wall cpu
 	p0=0 p1=0
 	[[ -n ${PID[$t]} ]] && p0=$(proc_cpu_ticks "${PID[$t]}")
 	b0=$(proc_cpu_ticks "$BACKEND_PID")
+	read -r s0 st0 < <(sys_cpu_ticks)
 	t0=$(date +%s%N)
 	# wrk's own CPU: the builtin `times` (no fork) before and after; wrk is the only child reaped in between.
 	times >"$out.times0"
-	run_tracked wrk -t"$THREADS" -c"$CONNS" -d"$d" --latency "http://127.0.0.1:${PORT[$t]}/" >"$out" 2>&1 ||
-		{ cat "$out" >&2; die "wrk failed against $t"; }
+	run_tracked wrk -t"$THREADS" -c"$CONNS" -d"$d" --latency "http://127.0.0.1:${PORT[$t]}/" >"$out" 2>&1 || return 1
 	times >"$out.times1"
 	t1=$(date +%s%N)
 	[[ -n ${PID[$t]} ]] && p1=$(proc_cpu_ticks "${PID[$t]}")
 	b1=$(proc_cpu_ticks "$BACKEND_PID")
+	read -r s1 st1 < <(sys_cpu_ticks)
 	wall=$(((t1 - t0) / 1000000)) # ms
 	# second line of `times`: children's user and system time, e.g. "0m1.234s 0m2.345s"
 	read -r wu ws < <(cat "$out.times0" "$out.times1" | awk 'function sec(x) { split(x, a, "m"); return a[1] * 60 + a[2] }
 		NR == 2 { u0 = sec($1); s0 = sec($2) } NR == 4 { printf "%.3f %.3f\n", sec($1) - u0, sec($2) - s0 }')
 	rm -f "$out.times0" "$out.times1"
-	cpu=$(awk -v p=$((p1 - p0)) -v b=$((b1 - b0)) -v hz="$CLK_TCK" -v w="$wall" -v wu="$wu" -v ws="$ws" \
-		'BEGIN { printf "%.0f %.0f %.0f", p/hz*100000/w, b/hz*100000/w, (wu+ws)*100000/w }')
+	# other% = everything else the machine ran (all CPUs busy time minus proxy, backend, wrk): noise indicator.
+	cpu=$(awk -v p=$((p1 - p0)) -v b=$((b1 - b0)) -v s=$((s1 - s0)) -v st=$((st1 - st0)) -v hz="$CLK_TCK" -v w="$wall" \
+		-v wu="$wu" -v ws="$ws" 'BEGIN { o = (s - p - b) / hz - wu - ws; if (o < 0) o = 0
+			printf "%.0f %.0f %.0f %.0f %.0f", p/hz*100000/w, b/hz*100000/w, (wu+ws)*100000/w, o*100000/w, st/hz*100000/w }')
 	[[ -n ${PID[$t]} ]] || cpu="- ${cpu#* }"
 	awk -v cpu="$cpu" '
 		function ms(s) {   # wrk prints 512.00us, 1.23ms, 1.01s, 1.50m
@@ -127,22 +136,38 @@ run_wrk() {
 		END {
 			if (rps == "") { print "no Requests/sec in wrk output" > "/dev/stderr"; exit 1 }
 			printf "%s %.3f %.3f %d %s\n", rps, p50, p99, err, cpu
-		}' "$out" >>"$RESULTS/$t.tsv"
+		}' "$out" >>"$RESULTS/$t.tsv" || return 1
 }
 
+# A target that fails (wrk error, process died) is dropped from the remaining runs and reported; the others go on.
+# The backend dying ends the benchmark.
+declare -A FAILED=()
+target_failed() {
+	local t=$1 why=$2
+	FAILED[$t]=$why
+	log "$t FAILED: $why; dropping it from the remaining runs"
+}
+target_alive() {
+	local t=$1
+	kill -0 "$BACKEND_PID" 2>/dev/null || die "the backend (pid $BACKEND_PID) died, see $RESULTS/backend.log"
+	[[ -z ${PID[$t]} ]] || kill -0 "${PID[$t]}" 2>/dev/null || { target_failed "$t" "process ${PID[$t]} died, see $RESULTS/$t.log"; return 1; }
+}
+
+wait_quiet "$QUIET_WAIT"
 log "warm-up: $WARMUP per target"
 for t in "${ACTIVE[@]}"; do
-	run_tracked wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" "http://127.0.0.1:${PORT[$t]}/" >"$RESULTS/$t.warmup.txt" 2>&1 ||
-		{ cat "$RESULTS/$t.warmup.txt" >&2; die "warm-up failed against $t"; }
+	if ! run_tracked wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" "http://127.0.0.1:${PORT[$t]}/" >"$RESULTS/$t.warmup.txt" 2>&1; then
+		target_failed "$t" "wrk failed in warm-up, see $RESULTS/$t.warmup.txt"
+	fi
+	target_alive "$t" || true
 done
 
 for ((r = 1; r <= ROUNDS; r++)); do
 	for t in "${ACTIVE[@]}"; do
+		[[ -z ${FAILED[$t]:-} ]] || continue
 		log "round $r/$ROUNDS: $t (wrk -t$THREADS -c$CONNS -d$DURATION --latency)"
-		run_wrk "$t" "$DURATION" "$RESULTS/$t.round$r.txt"
-		for pid in "${PID[$t]}" "$BACKEND_PID"; do
-			[[ -z $pid ]] || kill -0 "$pid" 2>/dev/null || die "$t: process $pid died during the run (see $RESULTS/*.log)"
-		done
+		run_wrk "$t" "$DURATION" "$RESULTS/$t.round$r.txt" || target_failed "$t" "wrk failed in round $r, see $RESULTS/$t.round$r.txt"
+		target_alive "$t" || true
 	done
 done
 
@@ -151,16 +176,18 @@ done
 summary() {
 	local t
 	for t in "${ACTIVE[@]}"; do
+		[[ -s $RESULTS/$t.tsv ]] || continue
 		awk -v t="$t" '
 			function med(a, n,   i, j, x) {   # insertion sort, n is small
 				for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j+1] = a[j]; a[j+1] = x }
 				return n % 2 ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2
 			}
 			{ n++; rps[n] = $1; p50[n] = $2; p99[n] = $3; err += $4; pc[n] = $5; bc[n] = $6; wc[n] = $7
+			  if ($8 > oc) oc = $8; if ($9 > sc) sc = $9
 			  rounds = rounds (n > 1 ? "/" : "") sprintf("%.0f", $1) }
 			END {
-				printf "%s %.0f %s %.3f %.3f %d %s %.0f %.0f\n", t, med(rps, n), rounds, med(p50, n), med(p99, n), err,
-					(pc[1] == "-" ? "-" : sprintf("%.0f", med(pc, n))), med(bc, n), med(wc, n)
+				printf "%s %.0f %s %.3f %.3f %d %s %.0f %.0f %.0f %.0f\n", t, med(rps, n), rounds, med(p50, n), med(p99, n), err,
+					(pc[1] == "-" ? "-" : sprintf("%.0f", med(pc, n))), med(bc, n), med(wc, n), oc, sc
 			}' "$RESULTS/$t.tsv"
 	done
 }
@@ -168,17 +195,18 @@ summary >"$RESULTS/summary.txt"
 
 report() {
 	awk '
-		{ t[NR] = $1; rps[$1] = $2; rounds[$1] = $3; p50[$1] = $4; p99[$1] = $5; err[$1] = $6; pc[$1] = $7; bc[$1] = $8; wc[$1] = $9 }
+		{ t[NR] = $1; rps[$1] = $2; rounds[$1] = $3; p50[$1] = $4; p99[$1] = $5; err[$1] = $6; pc[$1] = $7; bc[$1] = $8; wc[$1] = $9
+		  oc[$1] = $10; sc[$1] = $11 }
 		function ratio(a, b) { return (b == "" || b == 0) ? "-" : sprintf("%.2f", a / b) }
 		END {
-			hdr = "%-8s %9s  %-23s %8s %8s %7s %7s %8s %6s %6s %6s %6s %9s\n"
-			row = "%-8s %9s  %-23s %8.3f %8.3f %7s %7s %8s %6s %6s %6s %6s %9s\n"
-			printf hdr, "target", "req/s", "rounds req/s", "p50 ms", "p99 ms", "xHAP", "xdirect", "p99xHAP", "errors", "proxy%", "bknd%", "wrk%", "req/core"
+			hdr = "%-8s %9s  %-23s %8s %8s %7s %7s %8s %6s %6s %6s %6s %9s %7s\n"
+			row = "%-8s %9s  %-23s %8.3f %8.3f %7s %7s %8s %6s %6s %6s %6s %9s %7s\n"
+			printf hdr, "target", "req/s", "rounds req/s", "p50 ms", "p99 ms", "xHAP", "xdirect", "p99xHAP", "errors", "proxy%", "bknd%", "wrk%", "req/core", "other%"
 			for (i = 1; i <= NR; i++) {
 				k = t[i]
 				percore = (pc[k] == "-" || pc[k] == 0) ? "-" : sprintf("%.0f", rps[k] * 100 / pc[k])
 				printf row, k, rps[k], rounds[k], p50[k], p99[k], ratio(rps[k], rps["haproxy"]), ratio(rps[k], rps["direct"]),
-					ratio(p99[k], p99["haproxy"]), err[k], pc[k], bc[k], wc[k], percore
+					ratio(p99[k], p99["haproxy"]), err[k], pc[k], bc[k], wc[k], percore, oc[k] (sc[k] > 0 ? "/st" sc[k] : "")
 			}
 		}' "$RESULTS/summary.txt"
 }
@@ -189,7 +217,10 @@ report() {
 	echo
 	echo "xHAP/xdirect: req/s relative to haproxy/direct (higher is better); p99xHAP: p99 relative to haproxy (lower is better)"
 	echo "errors: non-2xx + socket errors summed over rounds; CPU% of one core during the run (proxy, backend nginx, wrk)"
+	echo "other%: worst round's CPU used by everything else on the host (/st: of which hypervisor steal); high = noisy run"
 	echo "req/core: req/s per fully busy proxy core (req/s * 100 / proxy%): efficiency independent of how many cores the proxy grabbed"
 	[[ " ${ACTIVE[*]} " == *" sluice "* ]] || [[ " $TARGETS " != *" sluice "* ]] || echo "sluice: not measured (${SLUICE_WHY})"
+	for t in "${!FAILED[@]}"; do echo "$t: FAILED (${FAILED[$t]}); its row, if any, has only the rounds before that"; done
 	echo "raw wrk outputs, configs and logs: $RESULTS"
 } | tee "$RESULTS/report.txt"
+((${#FAILED[@]} == 0)) || exit 1

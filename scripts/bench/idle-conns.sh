@@ -70,6 +70,7 @@ for t in $TARGETS; do
 		;;
 	*) die "unknown target '$t' (want sluice, haproxy, nginx)" ;;
 	esac
+	wait_quiet 0
 	start_target "$t" "$conf" "$p"
 	pid=$TARGET_PID
 	log "$t ready on 127.0.0.1:$p (pid $pid); opening $N idle connections"

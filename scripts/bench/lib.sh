@@ -363,3 +363,29 @@ proc_rss_kib() {
 	done
 	echo "$sum"
 }
+
+# host_busy_pct: % of one core the whole host used over the last second (before we start anything heavy).
+host_busy_pct() {
+	local a b
+	a=$(awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat)
+	sleep 1
+	b=$(awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat)
+	echo $(((b - a) * 100 / $(getconf CLK_TCK)))
+}
+
+# wait_quiet MAX_SECONDS: warn if other processes keep the CPUs busy (benchmarks on 2 cores are then meaningless);
+# waits up to MAX_SECONDS for the host to go below 10% of a core.
+wait_quiet() {
+	local max=${1:-0} busy waited=0
+	while :; do
+		busy=$(host_busy_pct)
+		((busy < 10)) && return 0
+		if ((waited >= max)); then
+			log "WARNING: the host is busy with other processes (${busy}% of a core); results will be noisy"
+			ps -eo pcpu,pid,comm --sort=-pcpu | head -n 4 >&2
+			return 0
+		fi
+		((waited == 0)) && log "host busy (${busy}% of a core), waiting up to ${max}s for it to calm down"
+		waited=$((waited + 1))
+	done
+}

@@ -30,7 +30,7 @@ func (s *session) exchange(be *backend, srv *server, uc *upConn, tm *timings) (o
 	req := &st.req
 	fe := s.fe
 	o.srv = srv
-	headEnd := st.r + req.HeadLen
+	headEnd := s.reqStart + req.HeadLen
 
 	// The part of the body already buffered.
 	var ck h1.Chunked

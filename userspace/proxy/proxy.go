@@ -265,7 +265,7 @@ func orString(s, def string) string {
 func (p *Proxy) Listen() error {
 	for _, fe := range p.frontends {
 		for _, b := range fe.cfg.Binds {
-			ln, err := listen(b.Addr)
+			ln, err := listen(b.Network, b.Addr)
 			if err != nil {
 				p.closeListeners()
 				return fmt.Errorf("%s: frontend '%s': bind %s: %w", b.Pos, fe.name, b.Addr, err)

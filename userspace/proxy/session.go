@@ -23,7 +23,10 @@ type session struct {
 	dst  uint16
 	st   *state // nil while idle between requests
 	nreq int
-	idle atomic.Bool // blocked waiting for the next request
+	// reqStart is where the current request starts in st.buf (exchange
+	// may run more than once for a request: retries).
+	reqStart int
+	idle     atomic.Bool // blocked waiting for the next request
 }
 
 // wakeIdle makes a session waiting for its next request give up now
@@ -200,10 +203,20 @@ func (s *session) handle() bool {
 	st := s.st
 	req := &st.req
 	s.nreq++
+	s.reqStart = st.r
 	tm := timings{start: time.Now()}
 	tm.head = tm.start
 	if s.p.access != nil && s.fe.httplog {
 		s.keepLine()
+	}
+	if req.Chunked {
+		// Validate the chunked framing already received before anything is
+		// sent: a malformed body must not even open a server connection.
+		var ck h1.Chunked
+		if _, err := ck.Scan(st.buf[st.r+req.HeadLen : st.w]); err != nil {
+			s.fail(400, tm.start, termPR, nil)
+			return false
+		}
 	}
 	bi := s.fe.router.Route(req)
 	if bi < 0 {
@@ -468,6 +481,9 @@ func (s *session) requestHead(be *backend, out []byte) []byte {
 	}
 	if s.fe.serverClose || be.serverClose {
 		out = append(out, "Connection: close\r\n"...)
+	} else if req.Minor == 0 {
+		// Keep the server connection reusable for an HTTP/1.0 client.
+		out = append(out, "Connection: keep-alive\r\n"...)
 	}
 	return append(out, "\r\n"...)
 }

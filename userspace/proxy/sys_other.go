@@ -7,9 +7,12 @@ import (
 	"net"
 )
 
-func listen(addr string) (net.Listener, error) {
+func listen(network, addr string) (net.Listener, error) {
+	if network == "" {
+		network = "tcp"
+	}
 	lc := net.ListenConfig{}
-	return lc.Listen(context.Background(), "tcp", addr)
+	return lc.Listen(context.Background(), network, addr)
 }
 
 func alive(c *net.TCPConn) bool { return true }

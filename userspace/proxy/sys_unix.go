@@ -9,9 +9,12 @@ import (
 	"syscall"
 )
 
-func listen(addr string) (net.Listener, error) {
+func listen(network, addr string) (net.Listener, error) {
+	if network == "" {
+		network = "tcp"
+	}
 	lc := net.ListenConfig{}
-	return lc.Listen(context.Background(), "tcp", addr)
+	return lc.Listen(context.Background(), network, addr)
 }
 
 // alive reports whether an idle connection has neither data nor a FIN/RST

@@ -119,6 +119,15 @@ func (s *ACLSet) cond(keyword string, c *config.Cond) (*Cond, config.Errors) {
 			fail("unexpected '}' in condition (no matching '{')")
 		case strings.HasPrefix(w, "{") || strings.HasSuffix(w, "}"):
 			fail("'{' and '}' must be separate words (found '%s')", w)
+			if strings.HasPrefix(w, "{") && !strings.HasSuffix(w, "}") {
+				// skip the rest of this anonymous ACL to avoid cascading errors
+				for i+1 < len(toks) && !strings.HasSuffix(toks[i+1], "}") {
+					i++
+				}
+				if i+1 < len(toks) {
+					i++
+				}
+			}
 		default:
 			a, err := s.lookup(w)
 			if err != nil {

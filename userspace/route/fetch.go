@@ -92,9 +92,13 @@ type fetchDef struct {
 
 // fetchDefs maps every criterion sluice implements, ACL derivatives
 // included, to its fetch and default matching method.
-var fetchDefs = map[string]fetchDef{}
+var fetchDefs = buildFetchDefs()
 
-func init() {
+// fetchNames is the sorted list of implemented criteria, for suggestions.
+var fetchNames = sortedKeys(fetchDefs)
+
+func buildFetchDefs() map[string]fetchDef {
+	fetchDefs := map[string]fetchDef{}
 	strDerivs := []struct {
 		suffix string
 		m      matchMethod
@@ -136,18 +140,38 @@ func init() {
 	} {
 		fetchDefs[name] = d
 	}
-	for name := range fetchDefs {
-		fetchNames = append(fetchNames, name)
-	}
-	sort.Strings(fetchNames)
+	return fetchDefs
 }
 
-// fetchNames is the sorted list of implemented criteria, for suggestions.
-var fetchNames []string
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
 
 // unsupportedFetches are HAProxy fetches sluice does not implement yet; they
 // get a clearer message than "unknown fetch".
-var unsupportedFetches = map[string]bool{}
+var unsupportedFetches = func() map[string]bool {
+	m := map[string]bool{}
+	for _, n := range strings.Fields(`
+		base base32 base32+src cook cookie scook set-cookie req.cook req.cook_cnt req.cook_val cook_cnt cook_val
+		dst dst_conn dst_is_local src_is_local src_conn_cnt src_conn_cur src_conn_rate
+		ssl_fc ssl_fc_sni ssl_fc_alpn ssl_fc_protocol ssl_c_used ssl_c_verify req.ssl_sni req_ssl_sni req.ssl_ver req_ssl_ver
+		req.body req.body_param req.body_len req.body_size req.payload req.payload_lv payload payload_lv
+		req.hdrs req.hdrs_bin req.hdr_names req.timer_hdr req.rdp_cookie req.rdp_cookie_cnt req_rdp_cookie_cnt rdp_cookie
+		http_auth http_auth_group http_auth_type http_auth_user http_auth_pass http_first_req
+		status unique-id url_ip url_port url32 url32+src pathq
+		nbsrv nbproc proc queue avg_queue connslots srv_conn srv_id srv_is_up be_conn be_id be_name fe_conn fe_id fe_name
+		var env date hostname rand stopping thread uuid wait_end int ipv4 ipv6 str bin
+		lat_ns_avg lat_ns_tot so_id so_name
+	`) {
+		m[n] = true
+	}
+	return m
+}()
 
 // unsupportedPrefixes cover families of HAProxy fetches.
 var unsupportedPrefixes = []string{
@@ -157,29 +181,14 @@ var unsupportedPrefixes = []string{
 	"table_", "so_", "dst_", "distcc_", "quic_", "txn.", "sess.", "last_rule",
 }
 
-func init() {
-	for _, n := range strings.Fields(`
-		base base32 base32+src cook cookie scook set-cookie req.cook req.cook_cnt req.cook_val cook_cnt cook_val
-		dst dst_conn dst_is_local dst_port_tcp src_is_local src_conn_cnt src_conn_cur src_conn_rate
-		ssl_fc ssl_fc_sni ssl_fc_alpn ssl_fc_protocol ssl_c_used ssl_c_verify req.ssl_sni req_ssl_sni req.ssl_ver req_ssl_ver
-		req.body req.body_param req.body_len req.body_size req.payload req.payload_lv payload payload_lv
-		req.hdrs req.hdrs_bin req.hdr_names req.timer_hdr req.rdp_cookie req.rdp_cookie_cnt req_rdp_cookie_cnt rdp_cookie
-		http_auth http_auth_group http_auth_type http_auth_user http_auth_pass http_first_req
-		status unique-id url_ip url_port url32 url32+src pathq
-		nbsrv nbproc proc queue avg_queue connslots srv_conn srv_id srv_is_up be_conn be_id be_name fe_conn fe_id fe_name
-		var env date hostname rand stopping thread uuid wait_end int ipv4 ipv6 str bin meth
-		lat_ns_avg lat_ns_tot so_id so_name
-		ssl_fc_has_sni ssl_fc_has_crt ssl_c_s_dn ssl_c_i_dn ssl_f_sha1
-	`) {
-		unsupportedFetches[n] = true
-	}
-}
-
 // unknownFetch explains why name is not a fetch sluice knows: a HAProxy fetch
 // not implemented yet, or a typo with the closest implemented name.
 func unknownFetch(name string) error {
 	if unsupportedFetches[name] {
 		return fmt.Errorf("fetch '%s' is not supported yet", name)
+	}
+	if _, ok := fetchDefs[lowerASCII(name)]; ok {
+		return fmt.Errorf("unknown fetch '%s' (fetch names are case-sensitive); did you mean '%s'?", name, lowerASCII(name))
 	}
 	s := suggest(name, fetchNames)
 	if s == "" || distance(name, s) > 1 {
@@ -356,15 +365,14 @@ func (e *expr) match(req *h1.Request) bool {
 
 // verStrings holds "M.m" for each single-digit version, so req.ver needs no
 // formatting at match time.
-var verStrings [10][10][]byte
-
-func init() {
-	for i := range verStrings {
-		for j := range verStrings[i] {
-			verStrings[i][j] = []byte{byte('0' + i), '.', byte('0' + j)}
+var verStrings = func() (v [10][10][]byte) {
+	for i := range v {
+		for j := range v[i] {
+			v[i][j] = []byte{byte('0' + i), '.', byte('0' + j)}
 		}
 	}
-}
+	return v
+}()
 
 // hdrIter walks the values of the headers named name (every header when name
 // is ""). With split, each comma-separated element (outside quoted strings)

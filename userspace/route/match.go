@@ -560,16 +560,34 @@ func equalFoldLower(b []byte, s string) bool {
 }
 
 // containsFold reports whether the lowercase string s occurs in b, ignoring
-// ASCII case in b.
+// ASCII case in b. Candidate positions are found with bytes.IndexByte on
+// both cases of the first byte.
 func containsFold(b []byte, s string) bool {
 	if len(s) == 0 {
 		return true
 	}
-	first := s[0]
-	for i := 0; i+len(s) <= len(b); i++ {
-		if lowerByte(b[i]) == first && equalFoldLower(b[i:i+len(s)], s) {
+	lo, up := s[0], s[0]
+	if 'a' <= lo && lo <= 'z' {
+		up = lo - ('a' - 'A')
+	}
+	for len(b) >= len(s) {
+		w := b[:len(b)-len(s)+1]
+		i := bytes.IndexByte(w, lo)
+		if up != lo {
+			if i >= 0 {
+				w = w[:i]
+			}
+			if j := bytes.IndexByte(w, up); j >= 0 {
+				i = j
+			}
+		}
+		if i < 0 {
+			return false
+		}
+		if equalFoldLower(b[i:i+len(s)], s) {
 			return true
 		}
+		b = b[i+1:]
 	}
 	return false
 }
