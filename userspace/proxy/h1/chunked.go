@@ -15,16 +15,17 @@ type Chunked struct {
 type chunkState uint8
 
 const (
-	csSize      chunkState = iota // reading hex digits
-	csExt                         // after size: BWS, ';' extensions, until CR
-	csSizeLF                      // CR seen after the size line, expect LF
-	csData                        // size bytes of data
-	csDataCR                      // CR after data
-	csDataLF                      // LF after data
-	csTrailer                     // at the start of a trailer line (or the final CRLF)
-	csTrailerLn                   // inside a trailer line
-	csTrailerLF                   // CR seen in trailer line, expect LF
-	csFinalLF                     // CR of the final empty line seen, expect LF
+	csSize        chunkState = iota // reading hex digits
+	csExt                           // after size: BWS, ';' extensions, until CR
+	csSizeLF                        // CR seen after the size line, expect LF
+	csData                          // size bytes of data
+	csDataCR                        // CR after data
+	csDataLF                        // LF after data
+	csTrailer                       // at the start of a trailer line (or the final CRLF)
+	csTrailerName                   // inside a trailer field name
+	csTrailerLn                     // inside a trailer field value
+	csTrailerLF                     // CR seen in trailer line, expect LF
+	csFinalLF                       // CR of the final empty line seen, expect LF
 	csDone
 )
 
@@ -71,7 +72,9 @@ func (c *Chunked) Next(p []byte) (n int, data bool, err error) {
 		case csSize:
 			v, ok := unhex(b)
 			if ok {
-				if c.digits >= 16 && (c.size != 0 || v != 0) || c.size > (1<<60-1) {
+				// At most 16 digits, leading zeros included, as net/http:
+				// no overflow, and no disagreement on "000...0".
+				if c.digits >= 16 {
 					return n, false, errChunkSize
 				}
 				c.size = c.size<<4 | uint64(v)
@@ -135,7 +138,15 @@ func (c *Chunked) Next(p []byte) (n int, data bool, err error) {
 				if !tchar[b] {
 					return n, false, errTrailer
 				}
+				c.state = csTrailerName
+			}
+		case csTrailerName:
+			// A trailer line is a field line: token ":" value.
+			switch {
+			case b == ':':
 				c.state = csTrailerLn
+			case !tchar[b]:
+				return n, false, errTrailer
 			}
 		case csTrailerLn:
 			switch {
@@ -165,7 +176,7 @@ func (c *Chunked) Next(p []byte) (n int, data bool, err error) {
 			if c.lineLen > maxChunkLine {
 				return n, false, errChunkLine
 			}
-		case csTrailer, csTrailerLn, csTrailerLF, csFinalLF:
+		case csTrailer, csTrailerName, csTrailerLn, csTrailerLF, csFinalLF:
 			c.trailer++
 			if c.trailer > maxTrailerSize {
 				return n, false, errTrailer

@@ -166,9 +166,11 @@ func parseRequestLine(ln []byte, req *Request) error {
 			req.Path = t
 			return nil
 		}
-		if i := bytes.Index(t, []byte("://")); i > 0 {
+		if i := bytes.Index(t, []byte("://")); i > 0 && validScheme(t[:i]) {
+			// The authority ends at the path or, when there is no path,
+			// at the query.
 			t = t[i+3:]
-			j := bytes.IndexByte(t, '/')
+			j := bytes.IndexAny(t, "/?")
 			if j < 0 {
 				t = nil
 			} else {
@@ -186,7 +188,24 @@ func parseRequestLine(ln []byte, req *Request) error {
 	} else {
 		req.Path = t
 	}
+	if len(req.Path) == 0 {
+		req.Path = nil // absolute-form without a path
+	}
 	return nil
+}
+
+// validScheme reports whether s is a URI scheme (RFC 3986 3.1):
+// ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ).
+func validScheme(s []byte) bool {
+	for i, c := range s {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z':
+		case i > 0 && ('0' <= c && c <= '9' || c == '+' || c == '-' || c == '.'):
+		default:
+			return false
+		}
+	}
+	return len(s) > 0
 }
 
 // parseHeaders parses header lines from p[off:] up to the empty line,
@@ -328,6 +347,17 @@ func parseCL(v []byte) (int64, error) {
 		return 0, errCL
 	}
 	// Reject empty list elements like "5,,5" or ", 5" too: strict.
+	if emptyListElement(v) {
+		return 0, errCL
+	}
+	return n, nil
+}
+
+// emptyListElement reports whether the OWS-trimmed list value v has an empty
+// element: a leading or trailing comma, or two commas with only OWS between.
+// RFC 9110 5.6.1 lets a recipient ignore them, but framing headers are
+// forwarded as they are, to servers that may not.
+func emptyListElement(v []byte) bool {
 	for i := 0; i < len(v); i++ {
 		if v[i] == ',' {
 			j := i + 1
@@ -335,11 +365,11 @@ func parseCL(v []byte) (int64, error) {
 				j++
 			}
 			if j == len(v) || v[j] == ',' || i == 0 {
-				return 0, errCL
+				return true
 			}
 		}
 	}
-	return n, nil
+	return false
 }
 
 // teState accumulates Transfer-Encoding headers: chunked must be present
@@ -354,7 +384,7 @@ type teState struct {
 
 func (t *teState) add(v []byte) {
 	t.seen = true
-	if len(v) == 0 {
+	if len(v) == 0 || emptyListElement(v) {
 		t.err = errTE
 		return
 	}
@@ -449,7 +479,7 @@ func (req *Request) interpret() error {
 			}
 		}
 	}
-	if hosts > 1 || (hosts == 0 && req.Minor == 1) {
+	if hosts > 1 || (hosts == 0 && req.Minor >= 1) {
 		return errHost
 	}
 	if te.seen {

@@ -16,6 +16,8 @@ type Response struct {
 	Accept        []byte // Sec-WebSocket-Accept
 }
 
+var errResTooLarge = &Error{Status: 502, Reason: "response: header section too large"}
+
 // ParseResponse parses a response head at the start of p.
 func ParseResponse(p []byte, res *Response) error {
 	hdrs := res.Headers[:0]
@@ -23,7 +25,7 @@ func ParseResponse(p []byte, res *Response) error {
 	ln, n, err := line(p)
 	if err != nil {
 		if err == ErrIncomplete && len(p) > MaxHeaderBytes {
-			return errTooLarge
+			return errResTooLarge
 		}
 		if err != ErrIncomplete {
 			return errStatusLine
@@ -44,6 +46,12 @@ func ParseResponse(p []byte, res *Response) error {
 	}
 	if st < 100 || (len(ln) > 12 && ln[12] != ' ') {
 		return errStatusLine
+	}
+	// The reason phrase is forwarded as it is: no CTLs (a bare CR!).
+	for _, c := range ln[12:] {
+		if !vchar[c] {
+			return errStatusLine
+		}
 	}
 	res.Status = st
 	res.StatusLine = ln
@@ -96,13 +104,15 @@ func ParseResponse(p []byte, res *Response) error {
 		// RFC 9112 6.3: chunked last means chunked framing (and CL is
 		// ignored, the connection closed after); otherwise the body runs
 		// to the close.
+		// gzip, chunked is forwarded as is: its framing is chunked.
+		// Content-Length with Transfer-Encoding, or Transfer-Encoding in
+		// HTTP/1.0, is faulty framing (RFC 9112 6.1): the server
+		// connection is not reused.
 		res.Chunked = te.err == nil && te.chunked && te.count == 1
-		res.ContentLength = -1
-		if !res.Chunked {
+		if !res.Chunked || res.ContentLength >= 0 || res.Minor == 0 {
 			res.Close = true
-		} else if te.unknown {
-			// gzip, chunked: forwarded as is, framing is chunked.
 		}
+		res.ContentLength = -1
 	}
 	if res.Minor == 0 {
 		res.KeepAlive = keepAlive
