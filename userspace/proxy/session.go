@@ -398,7 +398,7 @@ func namedByConnection(hdrs []h1.Header, name []byte) bool {
 			continue
 		}
 		h1.EachToken(h.Value, func(tok []byte) bool {
-			if equalFoldBytes(tok, name) {
+			if h1.EqualFoldBytes(tok, name) {
 				found = true
 				return false
 			}
@@ -406,25 +406,6 @@ func namedByConnection(hdrs []h1.Header, name []byte) bool {
 		})
 	}
 	return found
-}
-
-func equalFoldBytes(a, b []byte) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		x, y := a[i], b[i]
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
 }
 
 // hasConnectionOptions reports whether Connection headers name anything but
@@ -505,6 +486,11 @@ func responseHead(out []byte, res *h1.Response, clientMinor int, closeClient, de
 			continue
 		}
 		if dechunk && len(h.Name) == 17 && h1.EqualFold(h.Name, "transfer-encoding") {
+			continue
+		}
+		// RFC 9112 6.3: with chunked framing, a Content-Length is wrong and
+		// must not reach the client.
+		if res.Chunked && len(h.Name) == 14 && h1.EqualFold(h.Name, "content-length") {
 			continue
 		}
 		out = append(out, h.Line...)

@@ -172,9 +172,9 @@ func parseRequestLine(ln []byte, req *Request) error {
 			t = t[i+3:]
 			j := bytes.IndexAny(t, "/?")
 			if j < 0 {
-				t = nil
+				req.authority, t = t, nil
 			} else {
-				t = t[j:]
+				req.authority, t = t[:j], t[j:]
 			}
 		} else if string(req.Method) == "CONNECT" {
 			req.Path = target
@@ -439,6 +439,12 @@ func (req *Request) interpret() error {
 						return errHost
 					}
 				}
+				// RFC 9112 3.2.2: with an absolute-form target the
+				// authority wins over Host. ACLs read Host and servers may
+				// read either, so they must agree.
+				if req.authority != nil && !EqualFoldBytes(h.Value, req.authority) {
+					return errHost
+				}
 			}
 		case 6:
 			if EqualFold(n, "expect") && EqualFold(h.Value, "100-continue") {
@@ -516,3 +522,23 @@ func (req *Request) Idempotent() bool {
 
 // IsHead reports whether this is a HEAD request.
 func (req *Request) IsHead() bool { return string(req.Method) == "HEAD" }
+
+// EqualFoldBytes reports whether a and b are equal ignoring ASCII case.
+func EqualFoldBytes(a, b []byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}

@@ -530,3 +530,15 @@ func BenchmarkParseRequest(b *testing.B) {
 		}
 	}
 }
+
+func TestAbsoluteFormHostMustMatch(t *testing.T) {
+	var req Request
+	if err := ParseRequest([]byte("GET http://Public.example/x HTTP/1.1\r\nHost: public.example\r\n\r\n"), &req); err != nil {
+		t.Fatalf("matching Host refused: %v", err)
+	}
+	err := ParseRequest([]byte("GET http://admin.internal/x HTTP/1.1\r\nHost: public.example\r\n\r\n"), &req)
+	var he *Error
+	if !errors.As(err, &he) || he.Status != 400 {
+		t.Fatalf("authority and Host disagree: err %v, want 400", err)
+	}
+}

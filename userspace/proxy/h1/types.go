@@ -46,6 +46,7 @@ type Request struct {
 	Expect100     bool
 
 	connUpgrade bool
+	authority   []byte // of an absolute-form target
 
 	HeadLen int // bytes of the head including the final CRLFCRLF
 }
