@@ -98,7 +98,11 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := p.Listen(); err != nil {
 		return fmt.Errorf("%w (is another demo running? try: sluice demo -listen 127.0.0.1:8081)", err)
 	}
-	base := "http://" + *listen
+	actual := *listen
+	if a := p.Addrs("public"); len(a) > 0 {
+		actual = a[0].String()
+	}
+	base := "http://" + actual
 	fmt.Fprintf(stdout, `sluice demo: balancer on %s, backends web1-3 and ws1 on %s.
 Try, in another terminal:
   curl -i %s/                      # round robin over web1, web2, web3
@@ -108,7 +112,7 @@ Try, in another terminal:
   curl -s -H 'Content-Length: 5' -H 'Transfer-Encoding: chunked' -d hello %s/   # refused: 400
   hey -n 2000 -c 200 '%s/slow?ms=50'  # more clients than maxconn: they queue
 The access log follows on stderr. Ctrl-C stops everything.
-`, *listen, strings.Join(addrs, ", "), base, base, base, base, base, base, base, base)
+`, actual, strings.Join(addrs, ", "), base, base, base, base, base, base, base, base)
 	err = serve(ctx, cfg, p, log, stderr, 2*time.Second)
 	return err
 }
@@ -146,5 +150,3 @@ func demoHandler(name string) http.Handler {
 	})
 	return mux
 }
-
-var _ = context.Background

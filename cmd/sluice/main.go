@@ -104,6 +104,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stdout, "Configuration file is valid")
 		return nil
 	}
+	if err := p.Listen(); err != nil {
+		return err
+	}
 	return serve(ctx, cfg, p, log, stderr, *grace)
 }
 
@@ -143,10 +146,8 @@ func printErrors(w io.Writer, err error) {
 	fmt.Fprintf(w, "[ALERT] %v\n", err)
 }
 
+// serve runs a proxy whose listeners are open until ctx is done.
 func serve(ctx context.Context, cfg *config.Config, p *proxy.Proxy, log *slog.Logger, stderr io.Writer, grace time.Duration) error {
-	if err := p.Listen(); err != nil {
-		return err
-	}
 	log.Info("sluice started", "version", version, "frontends", len(cfg.Frontends), "backends", len(cfg.Backends), "pid", os.Getpid())
 	err := p.Serve(ctx, stderr, grace)
 	log.Info("sluice stopped")

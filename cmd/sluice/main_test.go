@@ -1,0 +1,121 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+func runCmd(t *testing.T, args ...string) (string, string, error) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	err := run(context.Background(), args, &out, &errb)
+	return out.String(), errb.String(), err
+}
+
+// Both seed configurations from the document pass `sluice -c -f` unchanged.
+func TestCheckSeedConfigs(t *testing.T) {
+	for _, name := range []string{"seed-basic.cfg", "seed-websocket.cfg"} {
+		path := filepath.Join("..", "..", "pkg", "config", "testdata", name)
+		if shared := filepath.Join("..", "..", "..", "shared", "configs", name); fileExists(shared) {
+			path = shared // the originals, when the shared folder is beside the repo
+		}
+		out, errOut, err := runCmd(t, "-c", "-f", path)
+		if err != nil {
+			t.Fatalf("%s: sluice -c failed: %v\n%s", name, err, errOut)
+		}
+		if !strings.Contains(out, "valid") {
+			t.Fatalf("%s: output %q", name, out)
+		}
+	}
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// A bad config: exit status non-zero, every error as FILE:LINE: message.
+func TestCheckReportsAllErrors(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "bad.cfg")
+	os.WriteFile(path, []byte(`frontend fe
+    bind 127.0.0.1:8000
+    defualt_backend be
+    use_backend nope if { path_bge /x }
+backend be
+    server s1 127.0.0.1:9 maxconn abc
+`), 0o644)
+	_, errOut, err := runCmd(t, "-c", "-f", path)
+	if err == nil {
+		t.Fatalf("bad config accepted")
+	}
+	for _, want := range []string{
+		path + ":3: .*defualt_backend.*did you mean 'default_backend'",
+		path + ":6: .*maxconn",
+	} {
+		if !regexp.MustCompile(want).MatchString(errOut) {
+			t.Errorf("stderr lacks %q:\n%s", want, errOut)
+		}
+	}
+}
+
+// The demo serves through the balancer and stops on cancel.
+func TestDemo(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"demo", "-listen", "127.0.0.1:0"}, pw, io.Discard)
+		pw.Close()
+	}()
+	sc := bufio.NewScanner(pr)
+	var base string
+	re := regexp.MustCompile(`balancer on (127\.0\.0\.1:\d+)`)
+	for sc.Scan() {
+		if m := re.FindStringSubmatch(sc.Text()); m != nil {
+			base = "http://" + m[1]
+			break
+		}
+	}
+	go io.Copy(io.Discard, pr)
+	if base == "" {
+		cancel()
+		t.Fatalf("demo did not print its address: %v", <-done)
+	}
+	seen := map[string]bool{}
+	for i := 0; i < 3; i++ {
+		res, err := http.Get(base + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		seen[res.Header.Get("X-Served-By")] = true
+	}
+	if len(seen) != 3 {
+		t.Errorf("three requests reached %v, want web1, web2 and web3", seen)
+	}
+	res, err := http.Get(base + "/websockets/echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if got := res.Header.Get("X-Served-By"); got != "ws1" {
+		t.Errorf("/websockets went to %q, want ws1", got)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("demo returned %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("demo did not stop")
+	}
+}
