@@ -112,6 +112,9 @@ func splitAddr(s string, allowRange bool) (hostPort, error) {
 		if hp.portEnd, err = parsePort(hi); err != nil {
 			return hp, err
 		}
+		if hp.port == 0 {
+			return hp, fmt.Errorf("invalid port range '%s' (ports start at 1)", port)
+		}
 		if hp.portEnd < hp.port {
 			return hp, fmt.Errorf("invalid port range '%s' (the first port must not exceed the last)", port)
 		}
@@ -149,12 +152,8 @@ func checkHostname(h string) error {
 	return nil
 }
 
-// listenAddrs turns one bind address into Bind entries, one per port.
-func listenAddrs(pos Pos, s string) ([]Bind, *hostPort, error) {
-	hp, err := splitAddr(s, true)
-	if err != nil {
-		return nil, nil, err
-	}
+// binds expands a bind address into Bind entries, one per port.
+func (hp hostPort) binds(pos Pos) []Bind {
 	network := "tcp"
 	switch {
 	case hp.family == "ipv4":
@@ -164,11 +163,11 @@ func listenAddrs(pos Pos, s string) ([]Bind, *hostPort, error) {
 	case hp.host == "":
 		network = "tcp4" // HAProxy: '*' and an empty address mean all IPv4 addresses
 	}
-	var out []Bind
+	out := make([]Bind, 0, hp.portEnd-hp.port+1)
 	for port := hp.port; port <= hp.portEnd; port++ {
 		out = append(out, Bind{Pos: pos, Addr: net.JoinHostPort(hp.host, strconv.Itoa(port)), Network: network})
 	}
-	return out, &hp, nil
+	return out
 }
 
 // serverAddr normalizes a server address to host:port.

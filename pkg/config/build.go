@@ -32,9 +32,9 @@ func (p *parser) build() *Config {
 			}
 			if len(fe.Binds) == 0 {
 				if px.kind == secListen {
-					p.errorf(px.pos, "listen '%s' has no 'bind' line; declare it as a backend if this was intended", px.name)
+					p.warnf(px.pos, "listen '%s' has no 'bind' line; declare it as a backend if this was intended", px.name)
 				} else {
-					p.errorf(px.pos, "frontend '%s' has no 'bind' line", px.name)
+					p.warnf(px.pos, "frontend '%s' has no 'bind' line; it receives no traffic", px.name)
 				}
 			}
 			if fe.Mode == ModeTCP && fe.Options.HTTPLog {
@@ -105,8 +105,9 @@ func (p *parser) checkTimeouts(px *proxy, hasFE, hasBE bool) {
 		if len(missing) > 1 {
 			it = "them"
 		}
-		p.warnf(px.pos, "missing timeouts for %s '%s': set %s to a non-zero value (without %s, idle connections are never closed)",
-			px.kind, px.name, quoteList(missing), it)
+		p.warnf(px.pos, "missing timeouts for %s '%s': set %s to a non-zero value (until then sluice uses its defaults: connect 5s, client and server 50s)",
+			px.kind, px.name, quoteList(missing))
+		_ = it
 	}
 }
 

@@ -72,13 +72,18 @@ func (p *parser) directive(pos Pos, words []string) {
 		}
 	case ".diag", ".notice":
 		// Informational messages: nothing to report.
-	case ".warning":
-		if p.condActive() {
-			p.warnf(pos, "%s", strings.Join(args, " "))
+	case ".warning", ".alert":
+		if !p.condActive() {
+			return
 		}
-	case ".alert":
-		if p.condActive() {
-			p.errorf(pos, "%s", strings.Join(args, " "))
+		msg := strings.Join(args, " ")
+		if strings.TrimSpace(msg) == "" {
+			msg = "'" + d + "' without a message"
+		}
+		if d == ".warning" {
+			p.warnf(pos, "%s", msg)
+		} else {
+			p.errorf(pos, "%s", msg)
 		}
 	default:
 		if p.condActive() {
@@ -177,6 +182,11 @@ func (c *condParser) unary() (bool, error) {
 		return !v, err
 	case '(':
 		c.i++
+		c.skipSpace()
+		if c.i < len(c.s) && c.s[c.i] == ')' {
+			c.i++
+			return false, nil // an empty condition, e.g. ("$UNSET"), is false
+		}
 		v, err := c.or()
 		if err != nil {
 			return false, err

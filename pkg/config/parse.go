@@ -131,11 +131,35 @@ func parseSources(srcs []source, env func(string) (string, bool)) (*Config, erro
 }
 
 func (p *parser) errorf(pos Pos, format string, args ...any) {
-	p.errs = append(p.errs, Diag{Pos: pos, Msg: fmt.Sprintf(format, args...)})
+	p.errs = append(p.errs, Diag{Pos: pos, Msg: escapeControls(fmt.Sprintf(format, args...))})
 }
 
 func (p *parser) warnf(pos Pos, format string, args ...any) {
-	p.warns = append(p.warns, Diag{Pos: pos, Msg: fmt.Sprintf(format, args...)})
+	p.warns = append(p.warns, Diag{Pos: pos, Msg: escapeControls(fmt.Sprintf(format, args...))})
+}
+
+// escapeControls keeps a message on one line: words quoted in messages may
+// hold control characters written as escapes (\n, \x00...).
+func escapeControls(s string) string {
+	if !strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case r == '\n':
+			b.WriteString(`\n`)
+		case r == '\r':
+			b.WriteString(`\r`)
+		case r == '\t':
+			b.WriteString(`\t`)
+		case r < 0x20 || r == 0x7f:
+			fmt.Fprintf(&b, `\x%02x`, r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
 }
 
 func (p *parser) parseFile(name string, data []byte) {

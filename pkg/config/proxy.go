@@ -237,6 +237,14 @@ func (p *parser) proxyStmt(pos Pos, words []string) {
 // it.
 func (p *parser) checkCaps(pos Pos, name string, c caps, kind secKind, px *proxy) bool {
 	if !c.allows(kind) {
+		// As HAProxy: a proxy keyword on the wrong side of a proxy
+		// (maxconn in a backend, balance in a frontend) is ignored with a
+		// warning; what defines traffic (bind, server) is an error.
+		sideOnly := (kind == secFrontend || kind == secBackend) && c&(inFrontend|inBackend) != 0
+		if sideOnly && name != "bind" && name != "server" && name != "default-server" {
+			p.warnf(pos, "'%s' ignored: it is not allowed in a '%s' section (allowed in: %s)", name, kind, c.where())
+			return false
+		}
 		p.errorf(pos, "'%s' is not allowed in a '%s' section (allowed in: %s)", name, kind, c.where())
 		return false
 	}

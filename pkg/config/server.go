@@ -1,13 +1,15 @@
 package config
 
 import (
+	"errors"
 	"math"
 	"net"
 	"strconv"
 	"strings"
 )
 
-// maxBindPorts bounds what one bind line may expand to (a port range).
+// maxBindPorts bounds the listening sockets of one proxy (port ranges expand
+// to one socket per port).
 const maxBindPorts = 65535
 
 // bind reads `bind ADDR[,ADDR...] [param...]`.
@@ -16,15 +18,18 @@ func (p *parser) bind(st *stmt) {
 		p.errorf(st.pos, "'bind' expects at least one address, e.g. 'bind :80' or 'bind 127.0.0.1:8080'")
 		return
 	}
-	var binds []Bind
-	ok := true
+	var (
+		addrs []hostPort
+		count int
+		ok    = true
+	)
 	for _, a := range strings.Split(st.args[0], ",") {
 		if a == "" {
 			p.errorf(st.pos, "empty address in 'bind %s'", st.args[0])
 			ok = false
 			continue
 		}
-		bs, hp, err := listenAddrs(st.pos, a)
+		hp, err := splitAddr(a, true)
 		if err != nil {
 			p.errorf(st.pos, "invalid bind address '%s': %v", a, err)
 			ok = false
@@ -34,17 +39,22 @@ func (p *parser) bind(st *stmt) {
 			p.warnf(st.pos, "bind address '%s' read as %s; write IPv6 addresses in brackets to avoid the ambiguity",
 				a, net.JoinHostPort(hp.host, strconv.Itoa(hp.port)))
 		}
-		binds = append(binds, bs...)
+		addrs = append(addrs, hp)
+		count += hp.portEnd - hp.port + 1
 	}
-	if len(binds) > maxBindPorts {
-		p.errorf(st.pos, "'bind %s' expands to %d listening sockets (at most %d)", st.args[0], len(binds), maxBindPorts)
+	if total := len(st.px.binds) + count; total > maxBindPorts {
+		p.errorf(st.pos, "too many listening sockets: %s '%s' would have %d (at most %d)", st.kind, st.px.name, total, maxBindPorts)
 		return
 	}
 	for i := 1; i < len(st.args); {
 		name := st.args[i]
 		n, known := bindParams[name]
 		if !known {
-			p.errorf(st.pos, "unknown 'bind' parameter '%s'%s", name, didYouMean(name, keys(bindParams)))
+			hint := didYouMean(name, keys(bindParams))
+			if _, err := splitAddr(name, true); err == nil {
+				hint = "; several addresses are separated by commas, without spaces"
+			}
+			p.errorf(st.pos, "unknown 'bind' parameter '%s'%s", name, hint)
 			return
 		}
 		if i+n >= len(st.args) && n > 0 {
@@ -55,7 +65,9 @@ func (p *parser) bind(st *stmt) {
 		i += 1 + n
 	}
 	if ok {
-		st.px.binds = append(st.px.binds, binds...)
+		for _, hp := range addrs {
+			st.px.binds = append(st.px.binds, hp.binds(st.pos)...)
+		}
 	}
 }
 
@@ -165,7 +177,7 @@ func (p *parser) serverParams(pos Pos, srv *Server, args []string, kw string) bo
 		case "inter":
 			d, err := parseTime(val)
 			if err == nil && d == 0 {
-				err = errString("must be greater than 0")
+				err = errors.New("must be greater than 0")
 			}
 			if err != nil {
 				p.errorf(pos, "invalid time '%s' for '%s' parameter 'inter': %v", val, kw, err)
@@ -191,10 +203,6 @@ func (p *parser) serverParams(pos Pos, srv *Server, args []string, kw string) bo
 	}
 	return ok
 }
-
-type errString string
-
-func (e errString) Error() string { return string(e) }
 
 // serverSource reads `source ADDR [usesrc X] [interface X] [more...]` on a
 // server line: the words that follow up to the next server parameter are

@@ -26,9 +26,10 @@ func parseTime(s string) (time.Duration, error) {
 		}
 		return 0, fmt.Errorf("expected a number followed by an optional unit (us, ms, s, m, h, d)")
 	}
+	tooLarge := fmt.Errorf("value too large (the maximum is %dms, about 24.8 days)", maxTimeMS)
 	n, err := strconv.ParseUint(s[:digits], 10, 64)
-	if err != nil || n > math.MaxInt64/uint64(24*time.Hour) {
-		return 0, fmt.Errorf("value too large (the maximum is %dms, about 24.8 days)", maxTimeMS)
+	if err != nil {
+		return 0, tooLarge
 	}
 	var unit time.Duration
 	switch u := s[digits:]; u {
@@ -47,12 +48,15 @@ func parseTime(s string) (time.Duration, error) {
 	default:
 		return 0, fmt.Errorf("unknown unit '%s' (expected us, ms, s, m, h or d)", u)
 	}
+	if n > uint64(math.MaxInt64/unit) {
+		return 0, tooLarge
+	}
 	d := time.Duration(n) * unit
 	if r := d % time.Millisecond; r != 0 {
 		d += time.Millisecond - r
 	}
 	if d > maxTimeMS*time.Millisecond {
-		return 0, fmt.Errorf("value too large (the maximum is %dms, about 24.8 days)", maxTimeMS)
+		return 0, tooLarge
 	}
 	return d, nil
 }
