@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -124,6 +125,18 @@ func compile(cfg *config.Config, err error, stderr io.Writer, log *slog.Logger) 
 		}
 	}
 	if err != nil {
+		// Report the rules' errors too, all in one run.
+		var ce config.Errors
+		if cfg != nil && errors.As(err, &ce) {
+			ce = append(ce, proxy.CheckRules(cfg)...)
+			sort.SliceStable(ce, func(i, j int) bool {
+				if ce[i].Pos.File != ce[j].Pos.File {
+					return false
+				}
+				return ce[i].Pos.Line < ce[j].Pos.Line
+			})
+			err = ce
+		}
 		printErrors(stderr, err)
 		return nil, nil, errReported
 	}

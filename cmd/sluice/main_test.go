@@ -57,6 +57,7 @@ backend be
 	}
 	for _, want := range []string{
 		path + ":3: .*defualt_backend.*did you mean 'default_backend'",
+		path + ":4: .*unknown fetch 'path_bge'; did you mean 'path_beg'",
 		path + ":6: .*maxconn",
 	} {
 		if !regexp.MustCompile(want).MatchString(errOut) {

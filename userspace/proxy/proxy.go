@@ -391,3 +391,19 @@ func (p *Proxy) purgeLoop() {
 		}
 	}
 }
+
+// CheckRules compiles the ACLs and conditions of every frontend without
+// resolving backends, so that `sluice -c` can report their errors together
+// with those of a configuration that did not parse completely.
+func CheckRules(cfg *config.Config) config.Errors {
+	var errs config.Errors
+	for _, fc := range cfg.Frontends {
+		if _, err := route.Compile(fc, func(string) (int, bool) { return 0, true }); err != nil {
+			var ce config.Errors
+			if errors.As(err, &ce) {
+				errs = append(errs, ce...)
+			}
+		}
+	}
+	return errs
+}
