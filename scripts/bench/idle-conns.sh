@@ -71,7 +71,10 @@ for t in $TARGETS; do
 	*) die "unknown target '$t' (want sluice, haproxy, nginx)" ;;
 	esac
 	wait_quiet 0
-	start_target "$t" "$conf" "$p"
+	if ! start_target "$t" "$conf" "$p"; then
+		SKIPPED="sluice: not measured ($SLUICE_WHY)"
+		continue
+	fi
 	pid=$TARGET_PID
 	log "$t ready on 127.0.0.1:$p (pid $pid); opening $N idle connections"
 	rc=0

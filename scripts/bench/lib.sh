@@ -155,19 +155,22 @@ free_port() {
 	die "no free port found"
 }
 
-# wait_http NAME PID URL [TIMEOUT_S]: poll URL until it answers 200, bounded; fail early if PID died.
+# wait_http NAME PID URL [TIMEOUT_S [LOGFILE]]: poll URL until it answers 200, bounded; fail early if PID died.
+# Returns 1 (after showing the log's tail) if it never got ready.
 wait_http() {
 	local name=$1 pid=$2 url=$3 timeout=${4:-10} logfile=${5:-} deadline
 	deadline=$(($(date +%s%N) + timeout * 1000000000))
 	while :; do
 		if ! kill -0 "$pid" 2>/dev/null; then
 			[[ -n $logfile ]] && tail -n 20 "$logfile" >&2
-			die "$name (pid $pid) exited before becoming ready"
+			log "$name (pid $pid) exited before becoming ready"
+			return 1
 		fi
 		if curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then return 0; fi
 		if (($(date +%s%N) > deadline)); then
 			[[ -n $logfile ]] && tail -n 20 "$logfile" >&2
-			die "$name not ready on $url after ${timeout}s"
+			log "$name not ready on $url after ${timeout}s"
+			return 1
 		fi
 		sleep 0.05
 	done
@@ -320,8 +323,9 @@ check_sluice_conf() {
 	return 0
 }
 
-# start_target NAME CONF PORT: start one proxy (sluice|haproxy|nginx) and wait until a request through it succeeds.
-# Sets TARGET_PID.
+# start_target NAME CONF PORT: start one proxy (sluice|haproxy|nginx|backend) and wait until a request through it
+# succeeds. Sets TARGET_PID. A sluice that does not come up is stopped and reported (return 1, reason in SLUICE_WHY);
+# anything else not coming up is fatal.
 start_target() {
 	local name=$1 conf=$2 port=$3 lf
 	lf=$RESULTS/$name.log
@@ -339,7 +343,12 @@ start_target() {
 	*) die "unknown target $name" ;;
 	esac
 	TARGET_PID=$LAST_PID
-	wait_http "$name" "$TARGET_PID" "http://127.0.0.1:$port/" 15 "$lf"
+	if ! wait_http "$name" "$TARGET_PID" "http://127.0.0.1:$port/" 15 "$lf"; then
+		[[ $name == sluice ]] || die "$name did not start, see $lf"
+		stop_pid "$TARGET_PID" 5
+		SLUICE_WHY="did not start or answer, see $lf"
+		return 1
+	fi
 }
 
 # proc_cpu_ticks PID...: utime+stime (clock ticks) summed over the PIDs and their descendants (threads included).
