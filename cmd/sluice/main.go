@@ -15,6 +15,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
+	"runtime/trace"
 	"sort"
 	"strings"
 	"syscall"
@@ -69,6 +71,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	showVersion := fs.Bool("v", false, "print the version and exit")
 	debug := fs.Bool("d", false, "debug logging")
 	grace := fs.Duration("grace", 30*time.Second, "how long a stop waits for in-flight requests")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile to `file` until exit (for developers)")
+	traceFile := fs.String("trace", "", "write a runtime execution trace to `file` until exit (for developers)")
+	memProfile := fs.String("memprofile", "", "write an allocation profile to `file` at exit (for developers)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: sluice -f FILE [-f FILE...] [-c]\n       sluice demo\n       sluice version\n\n")
 		fs.PrintDefaults()
@@ -107,6 +112,36 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if err := p.Listen(); err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	if *traceFile != "" {
+		f, err := os.Create(*traceFile)
+		if err != nil {
+			return fmt.Errorf("trace: %w", err)
+		}
+		defer f.Close()
+		if err := trace.Start(f); err != nil {
+			return fmt.Errorf("trace: %w", err)
+		}
+		defer trace.Stop()
+	}
+	if *memProfile != "" {
+		defer func() {
+			if f, err := os.Create(*memProfile); err == nil {
+				pprof.Lookup("allocs").WriteTo(f, 0)
+				f.Close()
+			}
+		}()
 	}
 	return serve(ctx, cfg, p, log, stderr, *grace)
 }

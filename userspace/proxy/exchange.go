@@ -22,6 +22,7 @@ const coalesce = 8 << 10
 type uploader struct {
 	done    chan error
 	aborted atomic.Bool
+	ck      h1.Chunked // framing state of a chunked body
 }
 
 // exchange sends the request on uc and relays the response.
@@ -58,12 +59,12 @@ func (s *session) exchange(be *backend, srv *server, uc *upConn, tm *timings) (o
 	}
 	now := time.Now()
 	uc.c.SetDeadline(now.Add(be.timeoutServer))
-	if _, err := uc.c.Write(st.out); err != nil {
+	if _, err := uc.io.Write(st.out); err != nil {
 		uc.release(false, now)
 		return outcome{status: 502, gen: true, term: termSH, notSent: true}
 	}
 	if len(body) > 0 {
-		if _, err := uc.c.Write(body); err != nil {
+		if _, err := uc.io.Write(body); err != nil {
 			uc.release(false, now)
 			return outcome{status: 502, gen: true, term: termSH}
 		}
@@ -72,8 +73,8 @@ func (s *session) exchange(be *backend, srv *server, uc *upConn, tm *timings) (o
 
 	var up *uploader
 	if !bodyDone {
-		up = &uploader{done: make(chan error, 1)}
-		go func() { up.done <- s.upload(be, uc, up, &ck, remaining) }()
+		up = &uploader{done: make(chan error, 1), ck: ck}
+		go s.upload(be, uc, up, remaining)
 	}
 	// stopUpload ends the uploader, if any, and returns its result.
 	uploadErr := error(nil)
@@ -124,7 +125,7 @@ func (s *session) exchange(be *backend, srv *server, uc *upConn, tm *timings) (o
 			if req.Minor == 1 {
 				st.out = responseHead(st.out[:0], res, 1, false, false)
 				s.c.SetWriteDeadline(time.Now().Add(fe.timeoutClient))
-				if _, err := s.c.Write(st.out); err != nil {
+				if _, err := s.io.Write(st.out); err != nil {
 					stopUpload()
 					uc.release(false, time.Time{})
 					return outcome{status: -1, term: termCD}
@@ -216,7 +217,7 @@ func (s *session) readResponse(be *backend, uc *upConn) error {
 				uc.buf = nb
 			}
 		}
-		n, err := uc.c.Read(uc.buf[uc.w:])
+		n, err := uc.io.Read(uc.buf[uc.w:])
 		uc.w += n
 		if n == 0 && err == nil {
 			err = io.ErrUnexpectedEOF
@@ -229,7 +230,7 @@ func (s *session) readResponse(be *backend, uc *upConn) error {
 
 // writeOut writes st.out to the client.
 func (s *session) writeOut(o *outcome) error {
-	n, err := s.c.Write(s.st.out)
+	n, err := s.io.Write(s.st.out)
 	o.bytes += int64(n)
 	return err
 }
@@ -243,7 +244,7 @@ func fillUp(be *backend, uc *upConn, max int64) error {
 		lim = int(max)
 	}
 	uc.c.SetReadDeadline(time.Now().Add(be.timeoutServer))
-	n, err := uc.c.Read(uc.buf[:lim])
+	n, err := uc.io.Read(uc.buf[:lim])
 	uc.w = n
 	if n > 0 {
 		return nil
@@ -256,7 +257,7 @@ func fillUp(be *backend, uc *upConn, max int64) error {
 
 func (s *session) writeClient(o *outcome, p []byte) error {
 	s.c.SetWriteDeadline(time.Now().Add(s.fe.timeoutClient))
-	n, err := s.c.Write(p)
+	n, err := s.io.Write(p)
 	o.bytes += int64(n)
 	return err
 }
@@ -364,8 +365,13 @@ var errBodyAborted = errors.New("request body aborted")
 
 // upload copies the rest of the request body from the client to the server.
 // It owns the client read buffer while it runs.
-func (s *session) upload(be *backend, uc *upConn, up *uploader, ck *h1.Chunked, remaining int64) error {
+func (s *session) upload(be *backend, uc *upConn, up *uploader, remaining int64) {
+	up.done <- s.uploadBody(be, uc, up, remaining)
+}
+
+func (s *session) uploadBody(be *backend, uc *upConn, up *uploader, remaining int64) error {
 	st := s.st
+	ck := &up.ck
 	st.r, st.w = 0, 0
 	for {
 		lim := len(st.buf)
@@ -376,7 +382,7 @@ func (s *session) upload(be *backend, uc *upConn, up *uploader, ck *h1.Chunked, 
 		if up.aborted.Load() {
 			return errBodyAborted
 		}
-		n, err := s.c.Read(st.buf[:lim])
+		n, err := s.io.Read(st.buf[:lim])
 		if n > 0 {
 			m := n
 			if st.req.Chunked {
@@ -392,7 +398,7 @@ func (s *session) upload(be *backend, uc *upConn, up *uploader, ck *h1.Chunked, 
 				st.r, st.w = n, n
 			}
 			uc.c.SetWriteDeadline(time.Now().Add(be.timeoutServer))
-			if _, werr := uc.c.Write(st.buf[:m]); werr != nil {
+			if _, werr := uc.io.Write(st.buf[:m]); werr != nil {
 				return werr
 			}
 			if (st.req.Chunked && ck.Done()) || (!st.req.Chunked && remaining == 0) {

@@ -19,6 +19,7 @@ type session struct {
 	p    *Proxy
 	fe   *frontend
 	c    *net.TCPConn
+	io   *sock
 	src  netip.AddrPort
 	dst  uint16
 	st   *state // nil while idle between requests
@@ -40,6 +41,14 @@ func (s *session) wakeIdle() {
 func (p *Proxy) serveConn(fe *frontend, c *net.TCPConn) {
 	defer p.wg.Done()
 	s := &session{p: p, fe: fe, c: c}
+	var err error
+	if s.io, err = newSock(c); err != nil {
+		c.Close()
+		if fe.sem != nil {
+			<-fe.sem
+		}
+		return
+	}
 	if ap, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 		s.src = netip.AddrPortFrom(ap.AddrPort().Addr().Unmap(), ap.AddrPort().Port())
 	}
@@ -91,7 +100,7 @@ func (s *session) readHead() bool {
 		if s.p.closing.Load() {
 			return false
 		}
-		buf, n, err := readIdle(s.c)
+		buf, n, err := s.io.ReadIdle()
 		s.idle.Store(false)
 		if err != nil || n == 0 {
 			return false // idle timeout, client closed, or stopping: close silently
@@ -130,7 +139,7 @@ func (s *session) readHead() bool {
 				st.buf = nb
 			}
 		}
-		n, err := s.c.Read(st.buf[st.w:])
+		n, err := s.io.Read(st.buf[st.w:])
 		st.w += n
 		if err != nil && n == 0 {
 			if errors.Is(err, os.ErrDeadlineExceeded) && !s.p.closing.Load() {
@@ -174,7 +183,7 @@ const (
 func (s *session) fail(status int, start time.Time, term string, be *backend) {
 	s.c.SetWriteDeadline(time.Now().Add(s.fe.timeoutClient))
 	msg := errorPage(status)
-	s.c.Write(msg)
+	s.io.Write(msg)
 	if s.st != nil && s.st.req.Method != nil {
 		s.keepLine()
 	} else if s.st != nil {

@@ -12,6 +12,7 @@ import (
 // upConn is a connection to a server, with its own read buffer while in use.
 type upConn struct {
 	c     *net.TCPConn
+	io    *sock
 	srv   *server
 	buf   []byte
 	r, w  int
@@ -87,7 +88,7 @@ func (s *server) reuse(now time.Time) *upConn {
 		if uc == nil {
 			return nil
 		}
-		if now.Sub(uc.since) < recheckAfter || alive(uc.c) {
+		if now.Sub(uc.since) < recheckAfter || uc.io.alive() {
 			uc.buf = getBuf()
 			uc.r, uc.w = 0, 0
 			return uc
@@ -105,7 +106,12 @@ func (s *server) dial(ctx context.Context, timeout time.Duration) (*upConn, erro
 	}
 	tc := c.(*net.TCPConn)
 	tc.SetNoDelay(true)
-	return &upConn{c: tc, srv: s, buf: getBuf()}, nil
+	io, err := newSock(tc)
+	if err != nil {
+		tc.Close()
+		return nil, err
+	}
+	return &upConn{c: tc, io: io, srv: s, buf: getBuf()}, nil
 }
 
 // release returns uc to its server's pool, or closes it.
