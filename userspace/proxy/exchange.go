@@ -145,8 +145,6 @@ func (s *session) exchange(be *backend, srv *server, uc *upConn, tm *timings) (o
 		return outcome{status: 502, gen: true, term: termSH}
 	}
 
-	kind := res.Body(req.IsHead())
-	dechunk := kind == h1.BodyChunked && req.Minor == 0
 	if up != nil {
 		select {
 		case uploadErr = <-up.done:
@@ -154,13 +152,29 @@ func (s *session) exchange(be *backend, srv *server, uc *upConn, tm *timings) (o
 		default:
 		}
 	}
-	closeClient := req.Close || kind == h1.BodyClose || dechunk || !uploadOK || s.p.closing.Load()
-	o.status = res.Status
-	o.term = termOK
+	var pending func() bool
+	if up != nil {
+		pending = func() bool { stopUpload(); return uploadOK }
+	}
+	o.status, o.term = res.Status, termOK
+	return s.relayResponse(be, uc, o, uploadOK, pending)
+}
+
+// relayResponse relays the response whose head has been parsed into uc.res
+// at uc.r, then releases uc. uploadOK says whether the request body went
+// through; pending, if not nil, waits for a request body still uploading and
+// reports whether it completed.
+func (s *session) relayResponse(be *backend, uc *upConn, o outcome, uploadOK bool, pending func() bool) outcome {
+	st := s.st
+	req := &st.req
+	res := &uc.res
+	fe := s.fe
+	kind := res.Body(req.IsHead())
+	dechunk := kind == h1.BodyChunked && req.Minor == 0
+	closeClient := req.Close || kind == h1.BodyClose || dechunk || !uploadOK || pending != nil || s.p.closing.Load()
 	st.out = responseHead(st.out[:0], res, req.Minor, closeClient, dechunk)
 	uc.r += res.HeadLen
-	now = time.Now()
-	s.c.SetWriteDeadline(now.Add(fe.timeoutClient))
+	s.c.SetWriteDeadline(time.Now().Add(fe.timeoutClient))
 
 	var werr, rerr error
 	switch kind {
@@ -173,7 +187,9 @@ func (s *session) exchange(be *backend, srv *server, uc *upConn, tm *timings) (o
 	case h1.BodyClose:
 		werr, rerr = s.relayClose(be, uc, &o)
 	}
-	stopUpload()
+	if pending != nil {
+		uploadOK = pending()
+	}
 	switch {
 	case werr != nil:
 		o.term = termCD

@@ -181,6 +181,7 @@ func startProxy(t testing.TB, cfg string, logBuf io.Writer, backends ...*testBac
 	if err != nil {
 		t.Fatalf("proxy: %v", err)
 	}
+	p.Loops = testLoops
 	if err := p.Listen(); err != nil {
 		t.Fatal(err)
 	}
@@ -293,3 +294,25 @@ frontend fe
     default_backend be
 backend be
 `
+
+// testLoops is the number of event loops startProxy gives the proxy; bothPaths
+// runs a test with loops and with a goroutine per connection.
+var testLoops = defaultLoops()
+
+func bothPaths(t *testing.T, f func(t *testing.T)) {
+	modes := []struct {
+		name  string
+		loops int
+	}{{"loops", defaultLoops()}, {"goroutines", 0}}
+	for _, m := range modes {
+		if m.loops == 0 && m.name == "loops" {
+			continue // no event loops on this OS
+		}
+		t.Run(m.name, func(t *testing.T) {
+			old := testLoops
+			testLoops = m.loops
+			defer func() { testLoops = old }()
+			f(t)
+		})
+	}
+}

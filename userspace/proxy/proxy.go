@@ -48,6 +48,13 @@ type Proxy struct {
 	conns   sync.Map       // *session -> struct{}, for shutdown
 	closing atomic.Bool
 	stop    chan struct{}
+
+	// Loops is the number of event loops serving HTTP connections (see
+	// loop_linux.go); 0 serves each connection on its own goroutine.
+	// Set before Serve; New sets it to GOMAXPROCS where loops exist.
+	Loops    int
+	loops    []*loop
+	nextLoop atomic.Uint32
 }
 
 type frontend struct {
@@ -111,7 +118,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	p := &Proxy{cfg: cfg, log: log, maxconn: cfg.Global.MaxConn, stop: make(chan struct{})}
+	p := &Proxy{cfg: cfg, log: log, maxconn: cfg.Global.MaxConn, stop: make(chan struct{}), Loops: defaultLoops()}
 	var errs config.Errors
 	index := map[string]int{}
 	for _, bc := range cfg.Backends {
@@ -305,6 +312,10 @@ func (p *Proxy) Serve(ctx context.Context, access io.Writer, grace time.Duration
 		p.access = newAccessLog(access)
 		defer p.access.Close()
 	}
+	if err := p.startLoops(p.Loops); err != nil {
+		p.log.Warn("event loops unavailable, serving each connection on a goroutine", "err", err)
+	}
+	defer p.stopLoops()
 	for _, fe := range p.frontends {
 		for _, ln := range fe.listeners {
 			p.wg.Add(1)
@@ -317,13 +328,20 @@ func (p *Proxy) Serve(ctx context.Context, access io.Writer, grace time.Duration
 	close(p.stop)
 	p.closeListeners()
 	// Wake idle keep-alive connections so they close now.
+	p.wakeLoops()
 	p.conns.Range(func(k, _ any) bool { k.(*session).wakeIdle(); return true })
 	done := make(chan struct{})
 	go func() { p.wg.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(grace):
-		p.conns.Range(func(k, _ any) bool { k.(*session).c.Close(); return true })
+		p.abortLoops()
+		p.conns.Range(func(k, _ any) bool {
+			if s := k.(*session); !s.owned.Load() {
+				s.c.Close()
+			}
+			return true
+		})
 		<-done
 	}
 	for _, be := range p.backends {
@@ -371,6 +389,12 @@ func (p *Proxy) acceptLoop(fe *frontend, ln net.Listener) {
 		}
 		backoff = 0
 		p.wg.Add(1)
+		if lp := p.pickLoop(); lp != nil {
+			if s := p.newSession(fe, c.(*net.TCPConn)); s != nil {
+				lp.adopt(s)
+			}
+			continue
+		}
 		go p.serveConn(fe, c.(*net.TCPConn))
 	}
 }

@@ -16,7 +16,9 @@ import (
 	"time"
 )
 
-func TestKeepAliveAndPooling(t *testing.T) {
+func TestKeepAliveAndPooling(t *testing.T) { bothPaths(t, testKeepAliveAndPooling) }
+
+func testKeepAliveAndPooling(t *testing.T) {
 	b := newTestBackend(t, "s1", nil)
 	addr := startProxy(t, basicCfg+"    server s1 {s1}\n", nil, b)
 	c := dial(t, addr)
@@ -36,7 +38,9 @@ func TestKeepAliveAndPooling(t *testing.T) {
 	}
 }
 
-func TestRoundRobinWeights(t *testing.T) {
+func TestRoundRobinWeights(t *testing.T) { bothPaths(t, testRoundRobinWeights) }
+
+func testRoundRobinWeights(t *testing.T) {
 	a := newTestBackend(t, "a", nil)
 	b := newTestBackend(t, "b", nil)
 	c := newTestBackend(t, "c", nil)
@@ -86,7 +90,9 @@ func TestHashBalancing(t *testing.T) {
 	}
 }
 
-func TestBodiesStreamBothWays(t *testing.T) {
+func TestBodiesStreamBothWays(t *testing.T) { bothPaths(t, testBodiesStreamBothWays) }
+
+func testBodiesStreamBothWays(t *testing.T) {
 	b := newTestBackend(t, "s1", func(w *rawWriter, r *http.Request, body []byte) {
 		switch r.URL.Path {
 		case "/echo":
@@ -150,7 +156,9 @@ func TestBodiesStreamBothWays(t *testing.T) {
 	}
 }
 
-func TestHTTP10Client(t *testing.T) {
+func TestHTTP10Client(t *testing.T) { bothPaths(t, testHTTP10Client) }
+
+func testHTTP10Client(t *testing.T) {
 	b := newTestBackend(t, "s1", func(w *rawWriter, r *http.Request, body []byte) {
 		if r.URL.Path == "/chunked" {
 			io.WriteString(w, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
@@ -179,7 +187,9 @@ func TestHTTP10Client(t *testing.T) {
 	}
 }
 
-func TestPipelinedInOrder(t *testing.T) {
+func TestPipelinedInOrder(t *testing.T) { bothPaths(t, testPipelinedInOrder) }
+
+func testPipelinedInOrder(t *testing.T) {
 	b := newTestBackend(t, "s1", func(w *rawWriter, r *http.Request, body []byte) {
 		if r.URL.Path == "/slow" {
 			time.Sleep(50 * time.Millisecond)
@@ -199,7 +209,9 @@ func TestPipelinedInOrder(t *testing.T) {
 	}
 }
 
-func TestHeadersRewritten(t *testing.T) {
+func TestHeadersRewritten(t *testing.T) { bothPaths(t, testHeadersRewritten) }
+
+func testHeadersRewritten(t *testing.T) {
 	b := newTestBackend(t, "s1", func(w *rawWriter, r *http.Request, body []byte) {
 		w.reply(200, "ok", "Connection: X-Secret", "X-Secret: 1", "Keep-Alive: timeout=5")
 	})
@@ -230,7 +242,9 @@ func TestHeadersRewritten(t *testing.T) {
 	}
 }
 
-func TestExpect100Continue(t *testing.T) {
+func TestExpect100Continue(t *testing.T) { bothPaths(t, testExpect100Continue) }
+
+func testExpect100Continue(t *testing.T) {
 	b := newTestBackend(t, "s1", func(w *rawWriter, r *http.Request, body []byte) {
 		w.reply(200, "got "+string(body))
 	})
@@ -250,7 +264,9 @@ func TestExpect100Continue(t *testing.T) {
 	}
 }
 
-func TestBackendErrors(t *testing.T) {
+func TestBackendErrors(t *testing.T) { bothPaths(t, testBackendErrors) }
+
+func testBackendErrors(t *testing.T) {
 	b := newTestBackend(t, "s1", func(w *rawWriter, r *http.Request, body []byte) {
 		switch r.URL.Path {
 		case "/garbage":
@@ -294,7 +310,9 @@ func TestBackendErrors(t *testing.T) {
 
 // Checklist 19: a refused connection is retried, the last retry goes to
 // another server, the client gets 200.
-func TestRetryRedispatch(t *testing.T) {
+func TestRetryRedispatch(t *testing.T) { bothPaths(t, testRetryRedispatch) }
+
+func testRetryRedispatch(t *testing.T) {
 	good := newTestBackend(t, "good", nil)
 	dead, _ := net.Listen("tcp", "127.0.0.1:0")
 	deadAddr := dead.Addr().String()
@@ -313,7 +331,9 @@ func TestRetryRedispatch(t *testing.T) {
 
 // Checklist 20: a server that resets after receiving a POST gives 502 and
 // the POST is not replayed; the same fault on a GET is retried once.
-func TestNoReplayOfPost(t *testing.T) {
+func TestNoReplayOfPost(t *testing.T) { bothPaths(t, testNoReplayOfPost) }
+
+func testNoReplayOfPost(t *testing.T) {
 	var mu sync.Mutex
 	counts := map[string]int{}
 	b := newTestBackend(t, "s1", func(w *rawWriter, r *http.Request, body []byte) {
@@ -345,7 +365,9 @@ func TestNoReplayOfPost(t *testing.T) {
 
 // Checklist 15: a non-2xx answer that did not read the body leaves a
 // connection that must not be pooled.
-func TestEarlyResponseNotPooled(t *testing.T) {
+func TestEarlyResponseNotPooled(t *testing.T) { bothPaths(t, testEarlyResponseNotPooled) }
+
+func testEarlyResponseNotPooled(t *testing.T) {
 	b := newTestBackend(t, "s1", nil)
 	// A raw backend that answers 413 without reading the body.
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
@@ -433,7 +455,9 @@ backend ws
 	}
 }
 
-func TestAccessLog(t *testing.T) {
+func TestAccessLog(t *testing.T) { bothPaths(t, testAccessLog) }
+
+func testAccessLog(t *testing.T) {
 	b := newTestBackend(t, "s1", nil)
 	var logBuf syncBuffer
 	cfg := strings.Replace(basicCfg, "frontend fe", "frontend fe\n    log global\n    option httplog", 1)
@@ -455,7 +479,9 @@ func TestAccessLog(t *testing.T) {
 }
 
 // The server-side maxconn is never exceeded, measured at the backend.
-func TestServerMaxConn(t *testing.T) {
+func TestServerMaxConn(t *testing.T) { bothPaths(t, testServerMaxConn) }
+
+func testServerMaxConn(t *testing.T) {
 	b := newTestBackend(t, "s1", func(w *rawWriter, r *http.Request, body []byte) {
 		time.Sleep(20 * time.Millisecond)
 		w.reply(200, "ok")

@@ -12,6 +12,10 @@ import (
 // attacks (items 1-9) as raw bytes and asserts the status and that the
 // backend saw nothing at all: no request and no connection.
 func TestMalformedRequestsNeverReachBackend(t *testing.T) {
+	bothPaths(t, testMalformedRequestsNeverReachBackend)
+}
+
+func testMalformedRequestsNeverReachBackend(t *testing.T) {
 	b := newTestBackend(t, "s1", nil)
 	addr := startProxy(t, basicCfg+"    server s1 {s1}\n", nil, b)
 	const h = "Host: t\r\n"
@@ -104,7 +108,9 @@ func firstLine(s string) string {
 // Checklist 17: headers trickling in at one byte per 100 ms get 408 once
 // timeout http-request (a total deadline for the head) expires, not when
 // the client stops sending.
-func TestSlowHeaders408(t *testing.T) {
+func TestSlowHeaders408(t *testing.T) { bothPaths(t, testSlowHeaders408) }
+
+func testSlowHeaders408(t *testing.T) {
 	b := newTestBackend(t, "s1", nil)
 	cfg := strings.Replace(basicCfg, "timeout client 5s", "timeout client 5s\n    timeout http-request 600ms", 1)
 	addr := startProxy(t, cfg+"    server s1 {s1}\n", nil, b)

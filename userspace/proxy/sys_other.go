@@ -23,7 +23,7 @@ func newSock(c *net.TCPConn) (*sock, error) { return &sock{c: c}, nil }
 
 func (s *sock) Read(p []byte) (int, error)  { return s.c.Read(p) }
 func (s *sock) Write(p []byte) (int, error) { return s.c.Write(p) }
-func (s *sock) alive() bool                  { return true }
+func (s *sock) alive() bool                 { return true }
 
 func (s *sock) ReadIdle() ([]byte, int, error) {
 	buf := getBuf()

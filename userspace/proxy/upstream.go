@@ -19,6 +19,11 @@ type upConn struct {
 	res   h1.Response
 	uses  int       // requests completed on it
 	since time.Time // when it went idle
+
+	// When an event loop holds it (loop_linux.go).
+	lp    *loop
+	fd    int
+	owner *session
 }
 
 // idlePool keeps a server's idle keep-alive connections, most recently used

@@ -257,3 +257,20 @@ func maxStore(a *atomic.Int64, v int64) {
 		}
 	}
 }
+
+// TryAcquire returns a server with a slot held for the caller if one is
+// free now and nobody is queued ahead, or nil (the caller then uses
+// Acquire, which queues).
+func (b *Backend) TryAcquire(key uint64) *Server {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.queue.Len() > 0 {
+		return nil
+	}
+	s := b.Balancer.Pick(b, key, nil)
+	if s == nil || s.full() || s.queue.Len() > 0 {
+		return nil
+	}
+	b.grant(s)
+	return s
+}
