@@ -143,6 +143,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 		}()
 	}
+	if cfg.Global.HardStopAfter > 0 {
+		*grace = cfg.Global.HardStopAfter
+	}
 	return serve(ctx, cfg, p, log, stderr, *grace)
 }
 

@@ -20,6 +20,11 @@ func (p *parser) globalStmt(pos Pos, words []string) {
 			p.global.Logs = append(p.global.Logs, l)
 		}
 		return
+	case "nbthread":
+		if n, ok := p.intArg(st, 1, 4096); ok {
+			p.global.NbThread = n
+		}
+		return
 	case "hard-stop-after":
 		if d, ok := p.timeArg(st); ok {
 			p.global.HardStopAfter = d

@@ -66,6 +66,7 @@ type Global struct {
 	MaxConn       int // 0 = not set (the daemon picks a default from RLIMIT_NOFILE)
 	Logs          []Log
 	HardStopAfter time.Duration // `hard-stop-after`; 0 = wait for connections forever
+	NbThread      int           // `nbthread`: event loops serving connections; 0 = one per CPU
 }
 
 // Log is a `log` line; sluice accepts it and logs to stderr.

@@ -119,6 +119,9 @@ func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	p := &Proxy{cfg: cfg, log: log, maxconn: cfg.Global.MaxConn, stop: make(chan struct{}), Loops: defaultLoops()}
+	if n := cfg.Global.NbThread; n > 0 && p.Loops > 0 {
+		p.Loops = n // HAProxy's threads are sluice's event loops
+	}
 	var errs config.Errors
 	index := map[string]int{}
 	for _, bc := range cfg.Backends {
