@@ -316,3 +316,5 @@ func bothPaths(t *testing.T, f func(t *testing.T)) {
 		})
 	}
 }
+
+func configParse(text string) (*config.Config, error) { return config.Parse("test.cfg", []byte(text)) }

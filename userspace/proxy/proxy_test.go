@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"bytes"
 	"crypto/rand"
 	"fmt"
@@ -522,3 +523,89 @@ func testServerMaxConn(t *testing.T) {
 }
 
 var _ = bytes.Equal
+
+// An idle keep-alive connection is closed after timeout http-keep-alive.
+func TestKeepAliveTimeout(t *testing.T) { bothPaths(t, testKeepAliveTimeout) }
+
+func testKeepAliveTimeout(t *testing.T) {
+	b := newTestBackend(t, "s1", nil)
+	cfg := strings.Replace(basicCfg, "timeout client 5s", "timeout client 5s\n    timeout http-keep-alive 300ms", 1)
+	addr := startProxy(t, cfg+"    server s1 {s1}\n", nil, b)
+	c := dial(t, addr)
+	c.get(t, "/")
+	start := time.Now()
+	c.c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.br.ReadByte(); err != io.EOF {
+		t.Fatalf("idle connection: read %v, want EOF from the proxy closing it", err)
+	}
+	if d := time.Since(start); d < 250*time.Millisecond || d > 1500*time.Millisecond {
+		t.Fatalf("closed after %v, want ~300ms", d)
+	}
+}
+
+// A graceful stop lets the request in flight finish, closes idle
+// connections and stops accepting.
+func TestGracefulStop(t *testing.T) { bothPaths(t, testGracefulStop) }
+
+func testGracefulStop(t *testing.T) {
+	release := make(chan struct{})
+	b := newTestBackend(t, "s1", func(w *rawWriter, r *http.Request, body []byte) {
+		if r.URL.Path == "/slow" {
+			<-release
+		}
+		w.reply(200, "done")
+	})
+	c, err := configParse(basicCfg + "    server s1 " + b.addr() + "\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(c, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Loops = testLoops
+	if err := p.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	addr := p.Addrs("fe")[0].String()
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() { p.Serve(ctx, nil, 5*time.Second); close(served) }()
+
+	idle := dial(t, addr)
+	idle.get(t, "/")
+	busy := dial(t, addr)
+	busy.send(t, "GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+	for b.inflight.Load() != 1 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	// The idle connection is closed at once.
+	idle.c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := idle.br.ReadByte(); err != io.EOF {
+		t.Fatalf("idle connection during stop: %v, want EOF", err)
+	}
+	// New connections are refused once the listener is closed.
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		nc, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err != nil {
+			break
+		}
+		nc.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("still accepting after stop")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(release)
+	res, body := busy.read(t, "GET")
+	if res.StatusCode != 200 || body != "done" || !res.Close {
+		t.Fatalf("in-flight request during stop: %d %q close=%v", res.StatusCode, body, res.Close)
+	}
+	select {
+	case <-served:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not return")
+	}
+}
