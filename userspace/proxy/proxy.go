@@ -208,6 +208,10 @@ func newBackend(bc *config.Backend) (*backend, error) {
 }
 
 func (p *Proxy) newFrontend(fc *config.Frontend, index map[string]int) (*frontend, error) {
+	if fc.Mode == config.ModeTCP {
+		// Better refused than parsed as HTTP: the tunnels issue adds it.
+		return nil, fmt.Errorf("frontend '%s': mode tcp is not supported yet", fc.Name)
+	}
 	r, err := route.Compile(fc, func(name string) (int, bool) { i, ok := index[name]; return i, ok })
 	if err != nil {
 		return nil, err

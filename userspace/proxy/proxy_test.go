@@ -609,3 +609,41 @@ func testGracefulStop(t *testing.T) {
 		t.Fatal("Serve did not return")
 	}
 }
+
+// A listen section is a frontend and a backend in one; with
+// http-server-close every request gets its own server connection.
+func TestListenServerClose(t *testing.T) { bothPaths(t, testListenServerClose) }
+
+func testListenServerClose(t *testing.T) {
+	b := newTestBackend(t, "s1", nil)
+	addr := startProxy(t, `
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 5s
+    timeout server 5s
+listen web
+    bind 127.0.0.1:0
+    option http-server-close
+    server s1 {s1}
+`, nil, b)
+	c := dial(t, addr)
+	for i := 0; i < 3; i++ {
+		if res, body := c.get(t, "/"); res.StatusCode != 200 || body != "hello from s1\n" || res.Close {
+			t.Fatalf("request %d: %d %q close=%v", i, res.StatusCode, body, res.Close)
+		}
+	}
+	if n := b.conns.Load(); n != 3 {
+		t.Fatalf("server connections = %d, want 3 (http-server-close)", n)
+	}
+}
+
+func TestModeTCPRefused(t *testing.T) {
+	c, err := configParse("frontend f\n    mode tcp\n    bind 127.0.0.1:0\n    default_backend b\n    timeout client 1s\nbackend b\n    mode tcp\n    timeout connect 1s\n    timeout server 1s\n    server s 127.0.0.1:9\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(c, nil); err == nil || !strings.Contains(err.Error(), "test.cfg:1: frontend 'f': mode tcp is not supported yet") {
+		t.Fatalf("mode tcp: err %v", err)
+	}
+}
