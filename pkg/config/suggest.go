@@ -86,3 +86,12 @@ func suggestIn(word string, here, all []string) string {
 	}
 	return didYouMean(word, all)
 }
+
+// Suggest returns the candidate closest to word when it is a plausible typo
+// of it, or "": the one spelling-suggestion rule for every package that
+// reports configuration errors.
+func Suggest(word string, candidates []string) string { return suggest(word, candidates) }
+
+// EditDistance is the optimal string alignment distance between a and b,
+// capped at max.
+func EditDistance(a, b string, max int) int { return osaDistance(a, b, max) }

@@ -57,3 +57,23 @@ func putState(st *state) {
 	}
 	statePool.Put(st)
 }
+
+// makeRoom frees space at the end of buf, whose unread bytes buf[r:w] begin
+// a message head: it moves them to the front or, when they fill the buffer,
+// to a buffer large enough for the largest head allowed. It returns false
+// when the head is already larger than that.
+func makeRoom(buf []byte, r, w int) ([]byte, int, int, bool) {
+	if w < len(buf) {
+		return buf, r, w, true
+	}
+	if r > 0 {
+		return buf, 0, copy(buf, buf[r:w]), true
+	}
+	if len(buf) > h1.MaxHeaderBytes {
+		return buf, r, w, false
+	}
+	nb := make([]byte, h1.MaxHeaderBytes+bufSize)
+	copy(nb, buf[:w])
+	putBuf(buf)
+	return nb, 0, w, true
+}

@@ -219,19 +219,9 @@ func (s *session) readResponse(be *backend, uc *upConn) error {
 		if err != h1.ErrIncomplete {
 			return err
 		}
-		if uc.w == len(uc.buf) {
-			if uc.r > 0 {
-				uc.w = copy(uc.buf, uc.buf[uc.r:uc.w])
-				uc.r = 0
-			} else {
-				if len(uc.buf) > h1.MaxHeaderBytes {
-					return &h1.Error{Status: 502, Reason: "response head too large"}
-				}
-				nb := make([]byte, h1.MaxHeaderBytes+bufSize)
-				copy(nb, uc.buf[:uc.w])
-				putBuf(uc.buf)
-				uc.buf = nb
-			}
+		var ok bool
+		if uc.buf, uc.r, uc.w, ok = makeRoom(uc.buf, uc.r, uc.w); !ok {
+			return &h1.Error{Status: 502, Reason: "response head too large"}
 		}
 		n, err := uc.io.Read(uc.buf[uc.w:])
 		uc.w += n

@@ -153,20 +153,10 @@ func (s *session) readHead() bool {
 			return false
 		}
 		// Incomplete: make room and read more.
-		if st.w == len(st.buf) {
-			if st.r > 0 {
-				st.w = copy(st.buf, st.buf[st.r:st.w])
-				st.r = 0
-			} else {
-				if len(st.buf) > h1.MaxHeaderBytes {
-					s.fail(431, start, termPR, nil)
-					return false
-				}
-				nb := make([]byte, h1.MaxHeaderBytes+bufSize)
-				copy(nb, st.buf[:st.w])
-				putBuf(st.buf)
-				st.buf = nb
-			}
+		var ok bool
+		if st.buf, st.r, st.w, ok = makeRoom(st.buf, st.r, st.w); !ok {
+			s.fail(431, start, termPR, nil)
+			return false
 		}
 		n, err := s.io.Read(st.buf[st.w:])
 		st.w += n

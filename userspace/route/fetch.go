@@ -3,6 +3,7 @@ package route
 import (
 	"bytes"
 	"fmt"
+	"github.com/sluicelb/sluice/pkg/config"
 	"sort"
 	"strconv"
 	"strings"
@@ -191,7 +192,7 @@ func unknownFetch(name string) error {
 		return fmt.Errorf("unknown fetch '%s' (fetch names are case-sensitive); did you mean '%s'?", name, lowerASCII(name))
 	}
 	s := suggest(name, fetchNames)
-	if s == "" || distance(name, s) > 1 {
+	if s == "" || config.EditDistance(name, s, 2) > 1 {
 		for _, p := range unsupportedPrefixes {
 			if strings.HasPrefix(name, p) {
 				return fmt.Errorf("fetch '%s' is not supported yet", name)

@@ -1,47 +1,7 @@
 package route
 
-// suggest returns the candidate closest to s when it is close enough to be a
-// likely typo, or "".
-func suggest(s string, candidates []string) string {
-	best, bestD := "", 0
-	for _, c := range candidates {
-		d := distance(s, c)
-		if best == "" || d < bestD {
-			best, bestD = c, d
-		}
-	}
-	limit := 2
-	if len(s) <= 4 {
-		limit = 1
-	}
-	if best == "" || bestD > limit {
-		return ""
-	}
-	return best
-}
+import "github.com/sluicelb/sluice/pkg/config"
 
-// distance is the optimal string alignment distance between a and b:
-// insertions, deletions, substitutions and adjacent transpositions.
-func distance(a, b string) int {
-	prev2 := make([]int, len(b)+1)
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
-				cur[j] = min(cur[j], prev2[j-2]+1)
-			}
-		}
-		prev2, prev, cur = prev, cur, prev2
-	}
-	return prev[len(b)]
-}
+// suggest returns the candidate closest to s when it is close enough to be a
+// likely typo, or "" (the same rule as the configuration parser's).
+func suggest(s string, candidates []string) string { return config.Suggest(s, candidates) }
