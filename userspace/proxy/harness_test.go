@@ -195,7 +195,29 @@ func startProxy(t testing.TB, cfg string, logBuf io.Writer, backends ...*testBac
 		cancel()
 		<-done
 	})
-	return p.Addrs(c.Frontends[0].Name)[0].String()
+	addr := p.Addrs(c.Frontends[0].Name)[0].String()
+	running.Store(addr, p)
+	t.Cleanup(func() { running.Delete(addr) })
+	return addr
+}
+
+// running maps the address startProxy returned to its proxy.
+var running sync.Map
+
+// queued returns how many requests wait in the queues of the proxy at addr.
+func queued(addr string) int64 {
+	v, ok := running.Load(addr)
+	if !ok {
+		return -1
+	}
+	var n int64
+	for _, be := range v.(*Proxy).backends {
+		n += be.q.QueueCur.Load()
+		for _, s := range be.servers {
+			n += s.q.QueueCur.Load()
+		}
+	}
+	return n
 }
 
 // syncBuffer is a bytes.Buffer safe for the access log's flusher.

@@ -43,6 +43,9 @@ type Proxy struct {
 
 	actconn atomic.Int64 // client connections being served, all frontends
 	maxconn int
+	sem     chan struct{} // global maxconn slots; nil = no global limit
+	// maxconnReached counts the times a listener had to wait for a slot.
+	maxconnReached atomic.Int64
 
 	wg      sync.WaitGroup // serving goroutines
 	conns   sync.Map       // *session -> struct{}, for shutdown
@@ -119,6 +122,9 @@ func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	p := &Proxy{cfg: cfg, log: log, maxconn: cfg.Global.MaxConn, stop: make(chan struct{}), Loops: defaultLoops()}
+	if p.maxconn > 0 {
+		p.sem = make(chan struct{}, p.maxconn)
+	}
 	if n := cfg.Global.NbThread; n > 0 && p.Loops > 0 {
 		p.Loops = n // HAProxy's threads are sluice's event loops
 	}
@@ -149,7 +155,60 @@ func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
 	if len(errs) > 0 {
 		return nil, errs
 	}
+	p.setFullConn()
 	return p, nil
+}
+
+// setFullConn gives each backend its fullconn: the configured one or, as
+// HAProxy does, 10% of the sum of the maxconn of the frontends that may
+// route to it.
+func (p *Proxy) setFullConn() {
+	for _, be := range p.backends {
+		n := be.cfg.FullConn
+		if n == 0 {
+			sum := 0
+			for _, fe := range p.frontends {
+				if fe.routesTo(be.name) {
+					sum += cap(fe.sem)
+				}
+			}
+			n = sum / 10
+		}
+		be.q.SetFullConn(n)
+	}
+}
+
+// routesTo reports whether a use_backend or default_backend rule of fe names
+// the backend.
+func (fe *frontend) routesTo(name string) bool {
+	if fe.cfg.DefaultBackend == name {
+		return true
+	}
+	for _, u := range fe.cfg.UseBackends {
+		if u.Backend == name {
+			return true
+		}
+	}
+	return false
+}
+
+// SetServerState sets a server's state (ready, drain, maint, down), for the
+// runtime API and health checks. Requests queued on a server leaving service
+// go to the others when the backend has option redispatch.
+func (p *Proxy) SetServerState(backend, server string, st queue.State) error {
+	for _, be := range p.backends {
+		if be.name != backend {
+			continue
+		}
+		for _, s := range be.servers {
+			if s.q.Name == server {
+				be.q.SetServerState(s.q, st)
+				return nil
+			}
+		}
+		return fmt.Errorf("no server '%s' in backend '%s'", server, backend)
+	}
+	return fmt.Errorf("no backend '%s'", backend)
 }
 
 func newBackend(bc *config.Backend) (*backend, error) {
@@ -195,7 +254,7 @@ func newBackend(bc *config.Backend) (*backend, error) {
 	for _, sc := range bc.Servers {
 		qsrv := &queue.Server{
 			Name: sc.Name, Addr: sc.Addr, Weight: sc.Weight,
-			MaxConn: sc.MaxConn, MaxQueue: sc.MaxQueue, Backup: sc.Backup,
+			MaxConn: sc.MaxConn, MinConn: sc.MinConn, MaxQueue: sc.MaxQueue, Backup: sc.Backup,
 		}
 		if sc.Disabled {
 			qsrv.SetState(queue.StateMaint)
@@ -204,6 +263,7 @@ func newBackend(bc *config.Backend) (*backend, error) {
 		be.servers = append(be.servers, &server{q: qsrv, be: be, addr: sc.Addr})
 	}
 	be.q = queue.NewBackend(bc.Name, qs, bal, tq)
+	be.q.Redispatch = bc.Options.Redispatch
 	return be, nil
 }
 
@@ -363,20 +423,20 @@ func (p *Proxy) acceptLoop(fe *frontend, ln net.Listener) {
 	defer p.wg.Done()
 	var backoff time.Duration
 	for {
-		// maxconn: take the slot before accepting, so that excess
+		// maxconn: take the slots before accepting, so that excess
 		// connections wait in the kernel's backlog, as in HAProxy.
-		if fe.sem != nil {
-			select {
-			case fe.sem <- struct{}{}:
-			case <-p.stop:
-				return
+		if !p.takeSlot(p.sem, "global", "", p.maxconn) {
+			return
+		}
+		if !p.takeSlot(fe.sem, "frontend", fe.name, cap(fe.sem)) {
+			if p.sem != nil {
+				<-p.sem
 			}
+			return
 		}
 		c, err := ln.Accept()
 		if err != nil {
-			if fe.sem != nil {
-				<-fe.sem
-			}
+			p.releaseSlots(fe)
 			if p.closing.Load() || errors.Is(err, net.ErrClosed) {
 				return
 			}
@@ -403,6 +463,38 @@ func (p *Proxy) acceptLoop(fe *frontend, ln net.Listener) {
 			continue
 		}
 		go p.serveConn(fe, c.(*net.TCPConn))
+	}
+}
+
+// takeSlot takes a connection slot of a maxconn limit (sem nil: no limit),
+// waiting while the limit is reached. It logs when it starts waiting, so an
+// operator sees the limit at work. It returns false when the proxy stops.
+func (p *Proxy) takeSlot(sem chan struct{}, scope, name string, limit int) bool {
+	if sem == nil {
+		return true
+	}
+	select {
+	case sem <- struct{}{}:
+		return true
+	default:
+	}
+	p.maxconnReached.Add(1)
+	p.log.Warn("maxconn reached: new connections wait in the listen backlog", "scope", scope, "frontend", name, "maxconn", limit)
+	select {
+	case sem <- struct{}{}:
+		return true
+	case <-p.stop:
+		return false
+	}
+}
+
+// releaseSlots gives back the global and frontend connection slots.
+func (p *Proxy) releaseSlots(fe *frontend) {
+	if fe.sem != nil {
+		<-fe.sem
+	}
+	if p.sem != nil {
+		<-p.sem
 	}
 }
 

@@ -52,9 +52,7 @@ func (p *Proxy) newSession(fe *frontend, c *net.TCPConn) *session {
 	var err error
 	if s.io, err = newSock(c); err != nil {
 		c.Close()
-		if fe.sem != nil {
-			<-fe.sem
-		}
+		p.releaseSlots(fe)
 		p.wg.Done()
 		return nil
 	}
@@ -86,9 +84,7 @@ func (s *session) finish() {
 		putState(s.st)
 		s.st = nil
 	}
-	if fe.sem != nil {
-		<-fe.sem
-	}
+	p.releaseSlots(fe)
 	p.wg.Done()
 }
 
@@ -195,6 +191,7 @@ const (
 	termSD  = "SD" // server aborted during data
 	termsD  = "sD" // server timeout during data
 	termSQ  = "sQ" // queue timeout
+	termCQ  = "CQ" // client aborted while queued
 	termNoS = "SC"
 )
 
@@ -334,8 +331,23 @@ func (s *session) forward(be *backend, tm *timings) bool {
 		qs, err := s.pre, error(nil)
 		if qs != nil && s.preBe == be {
 			s.pre, s.preBe = nil, nil // picked by the event loop already
-		} else {
-			qs, err = be.q.Acquire(ctxNone, key, exclude)
+		} else if qs = be.q.TryAcquire(key); qs == nil || exclude != nil {
+			if qs != nil {
+				be.q.Release(qs)
+			}
+			// The request may wait in a queue: watch for the client
+			// leaving meanwhile.
+			ctx, stop := s.watchClient()
+			qs, err = be.q.Acquire(ctx, key, exclude)
+			if gone := stop(); gone {
+				if qs != nil {
+					be.q.Release(qs)
+				}
+				tm.queued += time.Since(qstart)
+				tm.total = time.Since(tm.start)
+				s.logRequest(be, nil, -1, 0, termCQ, *tm)
+				return false
+			}
 		}
 		tm.queued += time.Since(qstart)
 		if err != nil {

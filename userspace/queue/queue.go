@@ -38,6 +38,7 @@ type Server struct {
 	Index    int // position in the backend
 	Weight   int
 	MaxConn  int // 0 = unlimited
+	MinConn  int // with the backend's FullConn: a dynamic limit between MinConn and MaxConn
 	MaxQueue int // 0 = unlimited
 	Backup   bool
 
@@ -45,6 +46,7 @@ type Server struct {
 
 	// guarded by Backend.mu
 	cur     int       // requests holding a slot
+	limit   int       // the maxconn in force (dynamic with minconn)
 	queue   list.List // *waiter targeted at this server
 	current int       // smooth weighted round robin state
 	effW    int       // weight in use
@@ -56,6 +58,7 @@ type Server struct {
 	QueueCur atomic.Int64
 	QueueMax atomic.Int64
 	Failures atomic.Int64
+	Limit    atomic.Int64 // the maxconn in force, for metrics
 }
 
 // State returns the server's current state.
@@ -66,7 +69,10 @@ func (s *Server) SetState(st State) { s.state.Store(int32(st)) }
 
 func (s *Server) usable() bool { return s.State() == StateUp && s.effW > 0 }
 
-func (s *Server) full() bool { return s.MaxConn > 0 && s.cur >= s.MaxConn }
+func (s *Server) full() bool {
+	lim := s.limit
+	return lim > 0 && s.cur >= lim
+}
 
 // Balancer picks a server. It is called with the backend locked. Hashing
 // algorithms return the server the key maps to even if it is full (the
@@ -83,13 +89,25 @@ type Backend struct {
 	Servers      []*Server
 	Balancer     Balancer
 	TimeoutQueue time.Duration
+	// Redispatch moves the requests queued on a server that goes down or
+	// into maintenance to the backend queue (option redispatch); without
+	// it they wait for that server until timeout queue.
+	Redispatch bool
+	// FullConn is the backend load at which servers with a minconn reach
+	// their maxconn (HAProxy's fullconn); 0 disables the dynamic limit.
+	FullConn int
 
-	mu    sync.Mutex
-	queue list.List // *waiter not tied to a server
-	seq   uint64
+	mu       sync.Mutex
+	queue    list.List // *waiter not tied to a server
+	seq      uint64
+	sessions int  // requests in the backend: served and queued
+	dynamic  bool // some server has a minconn
 
-	QueueCur atomic.Int64
-	QueueMax atomic.Int64
+	QueueCur  atomic.Int64
+	QueueMax  atomic.Int64
+	Sessions  atomic.Int64 // requests in the backend, served and queued
+	Queued    atomic.Int64 // requests that had to wait, ever
+	QueueWait atomic.Int64 // total time they waited, in nanoseconds
 }
 
 type waiter struct {
@@ -106,8 +124,96 @@ func NewBackend(name string, servers []*Server, bal Balancer, timeoutQueue time.
 	for i, s := range servers {
 		s.Index = i
 		s.effW = s.Weight
+		if s.MinConn > 0 && s.MaxConn > 0 && s.MinConn < s.MaxConn {
+			b.dynamic = true
+		}
 	}
+	b.updateLimits()
 	return b
+}
+
+// updateLimits computes each server's limit: its maxconn or, with a
+// minconn, HAProxy's dynamic limit max(minconn, maxconn * load / fullconn)
+// where load is the number of requests in the backend, served or queued.
+func (b *Backend) updateLimits() {
+	for _, s := range b.Servers {
+		lim := s.MaxConn
+		if s.MinConn > 0 && lim > 0 && s.MinConn < lim && b.FullConn > 0 && b.sessions < b.FullConn {
+			lim = max(s.MinConn, s.MaxConn*b.sessions/b.FullConn)
+		}
+		s.limit = lim
+		s.Limit.Store(int64(lim))
+	}
+}
+
+// SetFullConn sets the backend load at which minconn servers reach their
+// maxconn (HAProxy's fullconn; 0 disables the dynamic limit).
+func (b *Backend) SetFullConn(n int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.FullConn = n
+	b.updateLimits()
+}
+
+// enter counts a request into the backend's load; with dynamic limits that
+// may open slots for queued requests.
+func (b *Backend) enter() {
+	b.sessions++
+	b.Sessions.Store(int64(b.sessions))
+	if b.dynamic {
+		b.updateLimits()
+		for _, s := range b.Servers {
+			b.dispatch(s)
+		}
+	}
+}
+
+func (b *Backend) leave() {
+	b.sessions--
+	b.Sessions.Store(int64(b.sessions))
+	if b.dynamic {
+		b.updateLimits()
+	}
+}
+
+// SetServerState changes a server's state. A server leaving service hands
+// its queued requests to the backend queue when Redispatch is set (they are
+// served by the others, in their order of arrival); one entering service
+// takes queued requests at once.
+func (b *Backend) SetServerState(s *Server, st State) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s.SetState(st)
+	if st != StateUp {
+		if b.Redispatch {
+			for e := s.queue.Front(); e != nil; e = s.queue.Front() {
+				w := e.Value.(*waiter)
+				s.queue.Remove(e)
+				w.target = nil
+				b.insertOrdered(w)
+			}
+			s.QueueCur.Store(0)
+			b.QueueCur.Store(int64(b.queue.Len()))
+			maxStore(&b.QueueMax, int64(b.queue.Len()))
+		}
+		// Requests waiting for any server may now be served by the backups.
+		for _, o := range b.Servers {
+			b.dispatch(o)
+		}
+		return
+	}
+	b.dispatch(s)
+}
+
+// insertOrdered puts w in the backend queue in order of arrival.
+func (b *Backend) insertOrdered(w *waiter) {
+	for e := b.queue.Back(); e != nil; e = e.Prev() {
+		if e.Value.(*waiter).seq < w.seq {
+			w.elem = b.queue.InsertAfter(w, e)
+			return
+		}
+	}
+	w.elem = b.queue.PushFront(w)
 }
 
 // candidates returns whether active servers are usable; if none is, backups are.
@@ -130,23 +236,34 @@ func (b *Backend) eligible(s *Server, backups bool) bool {
 // is avoided (redispatch after a failure). The caller must Release it.
 func (b *Backend) Acquire(ctx context.Context, key uint64, exclude *Server) (*Server, error) {
 	b.mu.Lock()
+	b.enter()
 	s := b.Balancer.Pick(b, key, exclude)
-	if s != nil && !s.full() {
+	if s != nil && !s.full() && s.queue.Len() == 0 && b.queue.Len() == 0 {
 		b.grant(s)
 		b.mu.Unlock()
 		return s, nil
 	}
 	w := &waiter{ch: make(chan struct{}, 1), target: s}
-	if s != nil {
-		// A hashing algorithm chose a full server: wait for it, unless its
-		// queue is full.
-		if s.MaxQueue > 0 && s.queue.Len() >= s.MaxQueue {
+	if s != nil && b.Balancer.Hashing() && s.MaxQueue > 0 && s.queue.Len() >= s.MaxQueue {
+		// The hashed server's queue is full: as HAProxy does, the
+		// request loses its server and may go to any other one, now if
+		// one has a free slot, else through the backend queue.
+		if o := b.anyFree(s); o != nil && b.queue.Len() == 0 {
+			b.grant(o)
 			b.mu.Unlock()
-			return nil, ErrQueueFull
+			return o, nil
 		}
-	} else if !b.anyEligible() {
-		b.mu.Unlock()
-		return nil, ErrNoServer
+		s, w.target = nil, nil
+	}
+	if s != nil && b.Balancer.Hashing() {
+		// Wait for the server the key maps to.
+	} else {
+		w.target = nil
+		if !b.anyEligible() {
+			b.leave()
+			b.mu.Unlock()
+			return nil, ErrNoServer
+		}
 	}
 	b.seq++
 	w.seq = b.seq
@@ -163,6 +280,11 @@ func (b *Backend) Acquire(ctx context.Context, key uint64, exclude *Server) (*Se
 	}
 	b.mu.Unlock()
 
+	start := time.Now()
+	defer func() {
+		b.Queued.Add(1)
+		b.QueueWait.Add(int64(time.Since(start)))
+	}()
 	var timeout <-chan time.Time
 	if b.TimeoutQueue > 0 {
 		t := time.NewTimer(b.TimeoutQueue)
@@ -184,7 +306,24 @@ func (b *Backend) Acquire(ctx context.Context, key uint64, exclude *Server) (*Se
 		return w.srv, nil
 	}
 	b.unqueue(w)
+	b.leave()
 	return nil, err
+}
+
+// anyFree returns the least loaded eligible server with a free slot, other
+// than exclude.
+func (b *Backend) anyFree(exclude *Server) *Server {
+	backups := b.useBackups()
+	var best *Server
+	for _, s := range b.Servers {
+		if s == exclude || !b.eligible(s, backups) || s.full() {
+			continue
+		}
+		if best == nil || s.cur*best.effW < best.cur*s.effW {
+			best = s
+		}
+	}
+	return best
 }
 
 func (b *Backend) anyEligible() bool {
@@ -220,6 +359,7 @@ func (b *Backend) Release(s *Server) {
 	b.mu.Lock()
 	s.cur--
 	s.Cur.Store(int64(s.cur))
+	b.leave()
 	b.dispatch(s)
 	b.mu.Unlock()
 }
@@ -271,6 +411,7 @@ func (b *Backend) TryAcquire(key uint64) *Server {
 	if s == nil || s.full() || s.queue.Len() > 0 {
 		return nil
 	}
+	b.enter()
 	b.grant(s)
 	return s
 }

@@ -214,19 +214,102 @@ func TestQueueTimeout(t *testing.T) {
 	}
 }
 
+// Checklist 22 with hashing: maxconn 1 maxqueue 1 and three requests for
+// the same key: one served, one queued on its server, the third loses its
+// server and goes to another one (HAProxy's maxqueue).
 func TestMaxQueueOnHashedServer(t *testing.T) {
-	ss := servers(1)
+	ss := servers(1, 1)
 	ss[0].MaxConn, ss[0].MaxQueue = 1, 1
+	ss[1].MaxConn = 1
 	b := NewBackend("be", ss, mustBalancer(t, "uri"), time.Minute)
+	key := uint64(0) // maps to server a (weights 1:1, point 0)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	held, _ := b.Acquire(ctx, 7, nil)
-	go b.Acquire(ctx, 7, nil) // fills the one queue place
+	held, _ := b.Acquire(ctx, key, nil)
+	if held != ss[0] {
+		t.Fatalf("key went to %s, want a", held.Name)
+	}
+	queued := make(chan *Server, 1)
+	go func() { s, _ := b.Acquire(ctx, key, nil); queued <- s }()
 	for ss[0].QueueCur.Load() != 1 {
 		time.Sleep(time.Millisecond)
 	}
-	if _, err := b.Acquire(ctx, 7, nil); !errors.Is(err, ErrQueueFull) {
-		t.Fatalf("third request: %v, want queue full", err)
+	third, err := b.Acquire(ctx, key, nil)
+	if err != nil || third != ss[1] {
+		t.Fatalf("third request: %v %v, want server b at once", third, err)
 	}
 	b.Release(held)
+	if s := <-queued; s != ss[0] {
+		t.Fatalf("queued request got %s, want a", s.Name)
+	}
+}
+
+// A server going into maintenance hands its queue to the others with
+// redispatch; without, the requests wait for it.
+func TestServerDownRedispatch(t *testing.T) {
+	for _, redispatch := range []bool{true, false} {
+		ss := servers(1, 1)
+		ss[0].MaxConn, ss[1].MaxConn = 1, 1
+		b := NewBackend("be", ss, mustBalancer(t, "uri"), 300*time.Millisecond)
+		b.Redispatch = redispatch
+		ctx := context.Background()
+		onA, _ := b.Acquire(ctx, 0, nil)
+		onB, _ := b.Acquire(ctx, 1, nil)
+		got := make(chan error, 1)
+		go func() {
+			s, err := b.Acquire(ctx, 0, nil) // waits for a
+			if err == nil {
+				b.Release(s)
+			}
+			got <- err
+		}()
+		for ss[0].QueueCur.Load() != 1 {
+			time.Sleep(time.Millisecond)
+		}
+		b.SetServerState(ss[0], StateMaint)
+		b.Release(onB) // a slot frees on b
+		err := <-got
+		if redispatch && err != nil {
+			t.Fatalf("redispatch: queued request failed: %v", err)
+		}
+		if !redispatch && !errors.Is(err, ErrQueueTimeout) {
+			t.Fatalf("no redispatch: err %v, want queue timeout", err)
+		}
+		b.Release(onA)
+	}
+}
+
+// minconn/fullconn: the limit grows with the backend's load, as
+// max(minconn, maxconn*load/fullconn).
+func TestDynamicLimit(t *testing.T) {
+	ss := servers(1)
+	ss[0].MinConn, ss[0].MaxConn = 2, 10
+	b := NewBackend("be", ss, mustBalancer(t, "roundrobin"), time.Minute)
+	b.SetFullConn(20)
+	if l := ss[0].Limit.Load(); l != 2 {
+		t.Fatalf("idle limit %d, want minconn 2", l)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	granted := make(chan *Server, 10)
+	for i := 0; i < 10; i++ {
+		go func() {
+			if s, err := b.Acquire(ctx, 0, nil); err == nil {
+				granted <- s
+			}
+		}()
+	}
+	for b.Sessions.Load() != 10 || ss[0].Cur.Load()+b.QueueCur.Load() != 10 {
+		time.Sleep(time.Millisecond)
+	}
+	// Load 10 of fullconn 20: limit 10*10/20 = 5.
+	if l, c, q := ss[0].Limit.Load(), ss[0].Cur.Load(), b.QueueCur.Load(); l != 5 || c != 5 || q != 5 {
+		t.Fatalf("at load 10: limit %d, serving %d, queued %d; want 5, 5, 5", l, c, q)
+	}
+	for i := 0; i < 10; i++ {
+		b.Release(<-granted)
+	}
+	if b.Sessions.Load() != 0 || ss[0].Cur.Load() != 0 {
+		t.Fatalf("after release: sessions %d cur %d", b.Sessions.Load(), ss[0].Cur.Load())
+	}
 }
