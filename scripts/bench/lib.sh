@@ -261,7 +261,8 @@ EOF
 }
 
 # write_lb_conf FILE PORT BACKEND_PORT KIND [EXTRA_DEFAULTS [EXTRA_GLOBAL]]: HAProxy-syntax config used for both
-# HAProxy and sluice (LB_TIMEOUT_CLIENT / LB_TIMEOUT_SERVER override the 30s timeouts).
+# HAProxy and sluice (LB_TIMEOUT_CLIENT / LB_TIMEOUT_SERVER override the 30s timeouts; LB_SERVER_OPTS is appended to
+# the server line, e.g. "maxconn 1").
 # KIND=haproxy adds `global nbthread 1`; sluice gets no global section, so nothing pins its GOMAXPROCS.
 write_lb_conf() {
 	local f=$1 port=$2 bport=$3 kind=$4 extra=${5:-} extra_global=${6:-}
@@ -287,7 +288,7 @@ frontend fe
     default_backend be
 
 backend be
-    server s1 127.0.0.1:$bport
+    server s1 127.0.0.1:$bport${LB_SERVER_OPTS:+ $LB_SERVER_OPTS}
 EOF
 	} >"$f"
 }

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sluicelb/sluice/userspace/queue"
 )
 
 // oneRequest sends a GET on a new connection and returns the status (0 on a
@@ -305,5 +307,69 @@ func testGlobalMaxConn(t *testing.T) {
 	c3.c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if res, _ := c3.read(t, "GET"); res.StatusCode != 200 {
 		t.Fatalf("third connection after a slot freed: %d", res.StatusCode)
+	}
+}
+
+// A server put into maintenance while requests wait in its queue: with
+// option redispatch they are served by another server at once; without,
+// they wait for it and get 503 when timeout queue expires.
+func TestServerMaintWhileQueued(t *testing.T) { bothPaths(t, testServerMaintWhileQueued) }
+
+func testServerMaintWhileQueued(t *testing.T) {
+	for _, redispatch := range []bool{true, false} {
+		t.Run(fmt.Sprintf("redispatch=%v", redispatch), func(t *testing.T) {
+			releaseA, releaseB := make(chan struct{}), make(chan struct{})
+			hold := func(release chan struct{}) func(w *rawWriter, r *http.Request, body []byte) {
+				return func(w *rawWriter, r *http.Request, body []byte) {
+					if r.URL.RawQuery != "q" { // the queued request is answered at once
+						<-release
+					}
+					w.reply(200, "ok")
+				}
+			}
+			a := newTestBackend(t, "a", hold(releaseA))
+			b := newTestBackend(t, "b", hold(releaseB))
+			opt := ""
+			if redispatch {
+				opt = "    option redispatch\n"
+			}
+			addr := startProxy(t, basicCfg+opt+`    balance uri
+    timeout queue 500ms
+    server a {a} maxconn 1
+    server b {b} maxconn 1
+`, nil, a, b)
+			pathFor := func(even bool) string {
+				for i := 0; ; i++ {
+					p := fmt.Sprintf("/k%d", i)
+					if (hashBytes(nil, []byte(p))%2 == 0) == even {
+						return p
+					}
+				}
+			}
+			onA, onB := pathFor(true), pathFor(false)
+			done := make(chan int, 3)
+			go func() { st, _ := oneRequest(addr, onA, 10*time.Second); done <- st }()
+			go func() { st, _ := oneRequest(addr, onB, 10*time.Second); done <- st }()
+			waitFor(t, func() bool { return a.inflight.Load() == 1 && b.inflight.Load() == 1 })
+			queuedReq := make(chan int, 1)
+			go func() { st, _ := oneRequest(addr, onA+"?q", 10*time.Second); queuedReq <- st }()
+			waitFor(t, func() bool { return queued(addr) == 1 })
+			v, _ := running.Load(addr)
+			if err := v.(*Proxy).SetServerState("be", "a", queue.StateMaint); err != nil {
+				t.Fatal(err)
+			}
+			// A slot frees on b: with redispatch the queued request takes it.
+			close(releaseB)
+			st := <-queuedReq
+			close(releaseA)
+			if redispatch && st != 200 {
+				t.Fatalf("queued request with redispatch: %d, want 200 from b", st)
+			}
+			if !redispatch && st != 503 {
+				t.Fatalf("queued request without redispatch: %d, want 503 after timeout queue", st)
+			}
+			<-done
+			<-done
+		})
 	}
 }

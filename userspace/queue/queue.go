@@ -367,6 +367,9 @@ func (b *Backend) Release(s *Server) {
 // dispatch gives free slots of s to waiters: the older of the head of s's
 // own queue and the head of the backend queue.
 func (b *Backend) dispatch(s *Server) {
+	if !s.usable() {
+		return // down or in maintenance: its queue waits (or was redispatched)
+	}
 	for !s.full() {
 		var sw, bw *waiter
 		if e := s.queue.Front(); e != nil {

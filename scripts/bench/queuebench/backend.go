@@ -17,7 +17,7 @@ import (
 type event struct {
 	seq    int64 // X-Seq header sent by the client (-1 if absent)
 	arrive int64 // first byte of the request read
-	done   int64 // last byte of the response written
+	done   int64 // just before the response (all of it, one write) is written
 	conn   int64 // backend-side connection number
 }
 
@@ -225,12 +225,15 @@ func (b *backend) serve(c net.Conn, id int64) {
 			}
 			t.Stop()
 		}
-		_, err := c.Write(response)
-		done := b.now()
+		// The slot is about to be freed: stamp before the write, so that the next request (which a correct proxy
+		// can only send after reading this response) always arrives after it. Stamping after the write would race
+		// with the proxy on the other core and could even put the next arrival first.
 		b.mu.Lock()
 		b.active--
+		done := b.now()
 		b.events = append(b.events, event{seq: seq, arrive: arrive, done: done, conn: id})
 		b.mu.Unlock()
+		_, err := c.Write(response)
 		if err != nil || closeAfter {
 			return
 		}

@@ -199,3 +199,95 @@ func haproxyQueue(path string) (string, error) {
 	}
 	return strings.Join(parts, ","), nil
 }
+
+// clkTck is USER_HZ, the unit of /proc/*/stat and /proc/stat times: 100 on every Linux architecture Go supports.
+const clkTck = 100
+
+// procTicks returns utime+stime (clock ticks) of pid and its descendants, all threads included.
+func procTicks(pid int) int64 {
+	if pid <= 0 {
+		return 0
+	}
+	var sum int64
+	for _, p := range append([]int{pid}, descendants(pid)...) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:]) // f[0] is the state (field 3): utime/stime are fields 14/15 -> f[11], f[12]
+		if len(f) < 13 {
+			continue
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		sum += u + st
+	}
+	return sum
+}
+
+// hostTicks returns the busy time of all CPUs (user+nice+system+irq+softirq+steal) from /proc/stat.
+func hostTicks() int64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0
+	}
+	var sum int64
+	for _, i := range []int{1, 2, 3, 6, 7, 8} {
+		v, _ := strconv.ParseInt(f[i], 10, 64)
+		sum += v
+	}
+	return sum
+}
+
+// selfCPU returns this process's user+system CPU time.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// cpuWindow measures, over a stretch of wall time, the CPU used by the proxy, the backend, this client and
+// everything else on the host (the noise), in % of one core.
+type cpuWindow struct {
+	proxyPid, backendPid int
+	t0                   time.Time
+	host, proxy, backend int64
+	self                 time.Duration
+}
+
+func startCPU(proxyPid, backendPid int) *cpuWindow {
+	return &cpuWindow{proxyPid: proxyPid, backendPid: backendPid, t0: time.Now(), host: hostTicks(),
+		proxy: procTicks(proxyPid), backend: procTicks(backendPid), self: selfCPU()}
+}
+
+// stop returns proxy%, backend%, client%, other% (-1 for an unknown pid).
+func (w *cpuWindow) stop() (proxy, backend, client, other float64) {
+	wall := time.Since(w.t0).Seconds()
+	pct := func(ticks int64) float64 { return float64(ticks) / clkTck / wall * 100 }
+	host := pct(hostTicks() - w.host)
+	proxy, backend = -1, -1
+	known := 0.0
+	if w.proxyPid > 0 {
+		proxy = pct(procTicks(w.proxyPid) - w.proxy)
+		known += proxy
+	}
+	if w.backendPid > 0 {
+		backend = pct(procTicks(w.backendPid) - w.backend)
+		known += backend
+	}
+	client = (selfCPU() - w.self).Seconds() / wall * 100
+	other = max(0, host-known-client)
+	return
+}

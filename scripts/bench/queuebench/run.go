@@ -21,7 +21,8 @@ import (
 
 type runFlags struct {
 	addr, control, label, rawLat, rawEvents, statsSocket string
-	n, pid, maxconn, fillConc, warmup                    int
+	n, pid, backendPid, maxconn, fillConc, warmup        int
+	mem                                                  bool
 	fillTimeout, settleMax, drainTimeout                 time.Duration
 	direct                                               bool
 }
@@ -38,7 +39,9 @@ func runMain(args []string) {
 	fs.StringVar(&f.addr, "addr", "", "proxy address host:port (with -direct: the backend's)")
 	fs.StringVar(&f.control, "control", "", "backend control address host:port")
 	fs.IntVar(&f.n, "n", 10000, "requests to queue (one client connection each)")
-	fs.IntVar(&f.pid, "pid", 0, "proxy PID: measure its VmRSS (and descendants') before and after filling the queue")
+	fs.IntVar(&f.pid, "pid", 0, "proxy PID (descendants included): CPU use during the drain; with -mem its VmRSS")
+	fs.BoolVar(&f.mem, "mem", false, "measure the proxy's VmRSS (needs -pid) before and after filling the queue")
+	fs.IntVar(&f.backendPid, "backend-pid", 0, "backend PID: its CPU use during the drain (to tell the noise from other processes)")
 	fs.IntVar(&f.maxconn, "maxconn", 1, "the server's maxconn in the proxy config (requests the backend should hold)")
 	fs.IntVar(&f.fillConc, "fill-concurrency", 1, "client connections being opened at once while filling the queue")
 	fs.IntVar(&f.warmup, "warmup", 500, "warm-up requests (10 keep-alive connections) before anything is measured")
@@ -205,7 +208,7 @@ func runQueue(f runFlags, ctl *controller) {
 	ctl.call("/hold")
 	fmt.Printf("%s: backend holding; queueing %d requests behind maxconn %d\n", f.label, f.n, f.maxconn)
 
-	measureMem := f.pid > 0
+	measureMem := f.mem && f.pid > 0
 	var before memReading
 	var fdBefore int
 	if measureMem {
@@ -315,6 +318,7 @@ func runQueue(f runFlags, ctl *controller) {
 
 	// Release and collect every response, bounded.
 	ctlHeld.Store(false)
+	cpu := startCPU(f.pid, f.backendPid)
 	release := time.Now()
 	ctl.call("/release")
 	go func() { readers.Wait(); close(readersDone) }()
@@ -339,6 +343,7 @@ func runQueue(f runFlags, ctl *controller) {
 		}
 	}
 	drain := time.Since(release)
+	proxyCPU, backendCPU, clientCPU, otherCPU := cpu.stop()
 	for _, c := range conns {
 		if c != nil {
 			c.Close()
@@ -363,6 +368,8 @@ func runQueue(f runFlags, ctl *controller) {
 		ok, non200, statuses, errs, errSample, hung, drain.Round(time.Millisecond))
 	fmt.Printf("backend: %d requests, %d new connections, at most %d at once (maxconn %d)\n",
 		bsEnd.Received, bsEnd.Accepted, bsEnd.MaxActive, f.maxconn)
+	fmt.Printf("CPU during the drain, %% of one core: proxy %.0f, backend %.0f, client %.0f, everything else %.0f\n",
+		proxyCPU, backendCPU, clientCPU, otherCPU)
 	d.print()
 	perReq, perReqAnon := math.NaN(), math.NaN()
 	if measureMem {
@@ -372,10 +379,12 @@ func runQueue(f runFlags, ctl *controller) {
 	}
 	fmt.Printf("RESULT label=%s mode=queue n=%d maxconn=%d opened=%d queued=%t fill_s=%.2f queued_s=%.2f early=%d hap_qcur=%s "+
 		"rss_before_kib=%d rss_after_kib=%d rss_drained_kib=%d per_req_kib=%.2f anon_per_req_kib=%.2f fds_delta=%d stable=%t "+
-		"ok=%d non200=%d errors=%d hung=%d drain_s=%.3f backend_requests=%d backend_conns=%d max_active=%d %s\n",
+		"ok=%d non200=%d errors=%d hung=%d drain_s=%.3f backend_requests=%d backend_conns=%d max_active=%d "+
+		"proxy_cpu=%.0f backend_cpu=%.0f client_cpu=%.0f other_cpu=%.0f %s\n",
 		f.label, f.n, f.maxconn, opened, queued, fillTime.Seconds(), queuedTime.Seconds(), early.Load(), orDash(hapQ),
 		before.rss, after.rss, rssEnd, perReq, perReqAnon, fdAfter-fdBefore, before.stable && after.stable,
-		ok, non200, errs, hung, drain.Seconds(), bsEnd.Received, bsEnd.Accepted, bsEnd.MaxActive, d.kv())
+		ok, non200, errs, hung, drain.Seconds(), bsEnd.Received, bsEnd.Accepted, bsEnd.MaxActive,
+		proxyCPU, backendCPU, clientCPU, otherCPU, d.kv())
 	if ok != f.n || !queued || bsEnd.MaxActive > int64(f.maxconn) {
 		os.Exit(1)
 	}
@@ -426,6 +435,7 @@ func runDirect(f runFlags, ctl *controller) {
 	c.SetDeadline(time.Now().Add(f.drainTimeout))
 	br := bufio.NewReader(c)
 	results := make([]clientResult, f.n)
+	cpu := startCPU(0, f.backendPid)
 	start := time.Now()
 	for i := 0; i < f.n; i++ {
 		if _, err := c.Write(request(f.addr, i)); err != nil {
@@ -439,14 +449,16 @@ func runDirect(f runFlags, ctl *controller) {
 		}
 	}
 	drain := time.Since(start)
+	_, backendCPU, clientCPU, otherCPU := cpu.stop()
 	ok, non200, errs, statuses, errSample := tally(results, f.n)
 	evs, bs := ctl.eventsWhenComplete()
 	d := analyse(evs)
 	writeRaw(f, evs, d)
 	fmt.Printf("direct: %d x 200, %d other statuses %v, %d errors%s in %v\n", ok, non200, statuses, errs, errSample, drain.Round(time.Millisecond))
 	d.print()
-	fmt.Printf("RESULT label=%s mode=direct n=%d maxconn=1 ok=%d non200=%d errors=%d hung=0 drain_s=%.3f backend_requests=%d backend_conns=%d max_active=%d %s\n",
-		f.label, f.n, ok, non200, errs, drain.Seconds(), bs.Received, bs.Accepted, bs.MaxActive, d.kv())
+	fmt.Printf("RESULT label=%s mode=direct n=%d maxconn=1 ok=%d non200=%d errors=%d hung=0 drain_s=%.3f backend_requests=%d backend_conns=%d max_active=%d "+
+		"proxy_cpu=-1 backend_cpu=%.0f client_cpu=%.0f other_cpu=%.0f %s\n",
+		f.label, f.n, ok, non200, errs, drain.Seconds(), bs.Received, bs.Accepted, bs.MaxActive, backendCPU, clientCPU, otherCPU, d.kv())
 	if ok != f.n {
 		os.Exit(1)
 	}
