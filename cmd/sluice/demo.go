@@ -41,6 +41,7 @@ defaults
 
 frontend public
     bind %s
+    http-request use-service prometheus-exporter if { path /metrics }
     acl is_websocket path_beg -i /websockets
     use_backend ws if is_websocket
     default_backend servers
@@ -111,8 +112,9 @@ Try, in another terminal:
   curl -s %s/websockets/echo       # routed by ACL to the ws backend
   curl -s -H 'Content-Length: 5' -H 'Transfer-Encoding: chunked' -d hello %s/   # refused: 400
   hey -n 2000 -c 200 '%s/slow?ms=50'  # more clients than maxconn: they queue
+  curl -s %s/metrics | grep queue      # Prometheus metrics: queues, sessions, limits
 The access log follows on stderr. Ctrl-C stops everything.
-`, actual, strings.Join(addrs, ", "), base, base, base, base, base, base, base, base)
+`, actual, strings.Join(addrs, ", "), base, base, base, base, base, base, base, base, base)
 	err = serve(ctx, cfg, p, log, stderr, 2*time.Second)
 	return err
 }

@@ -22,7 +22,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
 	"github.com/sluicelb/sluice/pkg/config"
+	"github.com/sluicelb/sluice/pkg/metrics"
 	"github.com/sluicelb/sluice/userspace/proxy"
 )
 
@@ -183,6 +187,9 @@ func compile(cfg *config.Config, err error, stderr io.Writer, log *slog.Logger) 
 		printErrors(stderr, err)
 		return nil, nil, errReported
 	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(metrics.NewCollector(p), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	p.Metrics = metrics.Renderer(reg)
 	return cfg, p, nil
 }
 

@@ -102,7 +102,16 @@ func TestDemo(t *testing.T) {
 	if len(seen) != 3 {
 		t.Errorf("three requests reached %v, want web1, web2 and web3", seen)
 	}
-	res, err := http.Get(base + "/websockets/echo")
+	res, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mb, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if !strings.Contains(string(mb), `sluice_server_sessions_total{proxy="servers",server="web1"} 1`) {
+		t.Errorf("demo /metrics lacks the per-server session count:\n%.2000s", mb)
+	}
+	res, err = http.Get(base + "/websockets/echo")
 	if err != nil {
 		t.Fatal(err)
 	}

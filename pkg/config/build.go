@@ -24,6 +24,7 @@ func (p *parser) build() *Config {
 				Logs:              px.logs,
 				ACLs:              px.acls,
 				UseBackends:       px.useBackends,
+				HTTPRules:         px.httpRules,
 				DefaultBackend:    px.defBackend,
 				DefaultBackendPos: px.defBackendPos,
 			}

@@ -137,6 +137,16 @@ type UseBackend struct {
 	Cond    *Cond // nil = unconditional
 }
 
+// HTTPRule is an `http-request ACTION [args] [if|unless COND]` rule of a
+// frontend, evaluated in order before use_backend.
+type HTTPRule struct {
+	Pos     Pos
+	Action  string // "deny" or "use-service"
+	Status  int    // deny: the status answered (deny_status, default 403)
+	Service string // use-service: "prometheus-exporter"
+	Cond    *Cond  // nil = always
+}
+
 // Frontend is a frontend section, or the frontend half of a listen section.
 type Frontend struct {
 	Pos               Pos
@@ -149,6 +159,7 @@ type Frontend struct {
 	Logs              []Log
 	ACLs              []ACL
 	UseBackends       []UseBackend
+	HTTPRules         []HTTPRule
 	DefaultBackend    string // name; for a listen section, its own name
 	DefaultBackendPos Pos
 }

@@ -74,6 +74,7 @@ type proxy struct {
 	binds       []Bind
 	acls        []ACL
 	useBackends []UseBackend
+	httpRules   []HTTPRule
 	servers     []*Server
 }
 
@@ -228,6 +229,8 @@ func (p *parser) proxyStmt(pos Pos, words []string) {
 		p.sourceStmt(st)
 	case "use_backend":
 		p.useBackend(st)
+	case "http-request":
+		p.httpRequest(st)
 	default:
 		p.warnf(pos, "'%s' is not supported yet, ignored", kw)
 	}
@@ -355,6 +358,54 @@ func (p *parser) useBackend(st *stmt) {
 		ub.Cond = cond
 	}
 	st.px.useBackends = append(st.px.useBackends, ub)
+}
+
+// httpRequest reads the http-request rules sluice implements: deny and
+// use-service prometheus-exporter. Other actions are warned about.
+func (p *parser) httpRequest(st *stmt) {
+	if len(st.args) == 0 {
+		p.errorf(st.pos, "'http-request' expects an action, e.g. 'http-request deny if COND'")
+		return
+	}
+	if st.kind == secBackend || st.kind == secDefaults {
+		p.warnf(st.pos, "'http-request' in a %s section is not supported yet, ignored", st.kind)
+		return
+	}
+	action, args := st.args[0], st.args[1:]
+	rule := HTTPRule{Pos: st.pos, Action: action}
+	switch action {
+	case "deny":
+		rule.Status = 403
+		if len(args) >= 2 && args[0] == "deny_status" {
+			n, err := parseUint(args[1], 200, 599)
+			if err != nil {
+				p.errorf(st.pos, "'http-request deny': invalid deny_status '%s' (expected 200..599)", args[1])
+				return
+			}
+			rule.Status, args = n, args[2:]
+		}
+	case "use-service":
+		if len(args) == 0 || args[0] != "prometheus-exporter" {
+			found := "nothing"
+			if len(args) > 0 {
+				found = "'" + args[0] + "'"
+			}
+			p.errorf(st.pos, "'http-request use-service': the only service is 'prometheus-exporter', found %s", found)
+			return
+		}
+		rule.Service, args = args[0], args[1:]
+	default:
+		p.warnf(st.pos, "'http-request %s' is not supported yet, ignored", action)
+		return
+	}
+	if len(args) > 0 {
+		cond, ok := p.condition(st.pos, args, "http-request "+action)
+		if !ok {
+			return
+		}
+		rule.Cond = cond
+	}
+	st.px.httpRules = append(st.px.httpRules, rule)
 }
 
 // condition reads "if|unless TERMS..." as found after a rule.

@@ -10,7 +10,6 @@ import (
 var errorPages = func() map[int][]byte {
 	msgs := map[int]string{
 		400: "Your browser sent an invalid request.",
-		403: "Request forbidden by administrative rules.",
 		408: "Your browser didn't send a complete request in time.",
 		431: "Your browser sent a request with headers too large.",
 		500: "An internal server error occurred.",
@@ -20,6 +19,13 @@ var errorPages = func() map[int][]byte {
 		504: "The server didn't respond in time.",
 		505: "The HTTP version of the request is not supported.",
 	}
+	for code := 400; code < 600; code++ {
+		if _, ok := msgs[code]; !ok && http.StatusText(code) != "" {
+			msgs[code] = "The request was refused (" + http.StatusText(code) + ")."
+		}
+	}
+	msgs[403] = "Request forbidden by administrative rules."
+	msgs[429] = "You have sent too many requests in a given amount of time."
 	pages := map[int][]byte{}
 	for code, msg := range msgs {
 		text := strconv.Itoa(code) + " " + http.StatusText(code)

@@ -498,7 +498,8 @@ func (lp *loop) request(s *session) bool {
 	if req.ContentLength > 0 {
 		bodyLen = req.ContentLength
 	}
-	if req.Chunked || req.Expect100 || req.Upgrade || int64(st.w-st.r-req.HeadLen) < bodyLen || lp.p.closing.Load() {
+	if req.Chunked || req.Expect100 || req.Upgrade || int64(st.w-st.r-req.HeadLen) < bodyLen || lp.p.closing.Load() ||
+		(len(fe.rules) > 0 && fe.matchRule(req) != nil) {
 		lp.delegate(s, s.handle)
 		return false
 	}

@@ -58,9 +58,23 @@ type Proxy struct {
 	Loops    int
 	loops    []*loop
 	nextLoop atomic.Uint32
+
+	// Metrics renders the Prometheus exposition for
+	// `http-request use-service prometheus-exporter` (set by the caller,
+	// who owns the registry); nil answers 503.
+	Metrics func() (body []byte, contentType string, err error)
+}
+
+// httpRule is a compiled http-request rule: deny, or the Prometheus
+// exporter.
+type httpRule struct {
+	deny   bool // else use-service prometheus-exporter
+	status int
+	cond   *route.Cond // nil: always
 }
 
 type frontend struct {
+	rules     []httpRule
 	name      string
 	cfg       *config.Frontend
 	router    *route.Router
@@ -276,7 +290,28 @@ func (p *Proxy) newFrontend(fc *config.Frontend, index map[string]int) (*fronten
 	if err != nil {
 		return nil, err
 	}
+	var rules []httpRule
+	var rerrs config.Errors
+	for _, hr := range fc.HTTPRules {
+		rule := httpRule{deny: hr.Action == "deny", status: hr.Status}
+		if hr.Cond != nil {
+			c, err := r.ACLs().CondFor("http-request "+hr.Action, hr.Cond)
+			if err != nil {
+				var ce config.Errors
+				if errors.As(err, &ce) {
+					rerrs = append(rerrs, ce...)
+				}
+				continue
+			}
+			rule.cond = c
+		}
+		rules = append(rules, rule)
+	}
+	if len(rerrs) > 0 {
+		return nil, rerrs
+	}
 	fe := &frontend{
+		rules:         rules,
 		name:          fc.Name,
 		cfg:           fc,
 		router:        r,
@@ -521,10 +556,23 @@ func (p *Proxy) purgeLoop() {
 func CheckRules(cfg *config.Config) config.Errors {
 	var errs config.Errors
 	for _, fc := range cfg.Frontends {
-		if _, err := route.Compile(fc, func(string) (int, bool) { return 0, true }); err != nil {
+		r, err := route.Compile(fc, func(string) (int, bool) { return 0, true })
+		if err != nil {
 			var ce config.Errors
 			if errors.As(err, &ce) {
 				errs = append(errs, ce...)
+			}
+			continue
+		}
+		for _, hr := range fc.HTTPRules {
+			if hr.Cond == nil {
+				continue
+			}
+			if _, err := r.ACLs().CondFor("http-request "+hr.Action, hr.Cond); err != nil {
+				var ce config.Errors
+				if errors.As(err, &ce) {
+					errs = append(errs, ce...)
+				}
 			}
 		}
 	}

@@ -647,3 +647,27 @@ func TestModeTCPRefused(t *testing.T) {
 		t.Fatalf("mode tcp: err %v", err)
 	}
 }
+
+// http-request deny answers before any routing; the server never sees it.
+func TestHTTPRequestDeny(t *testing.T) { bothPaths(t, testHTTPRequestDeny) }
+
+func testHTTPRequestDeny(t *testing.T) {
+	b := newTestBackend(t, "s1", nil)
+	cfg := strings.Replace(basicCfg, "frontend fe", `frontend fe
+    acl admin path_beg /admin
+    http-request deny if admin
+    http-request deny deny_status 429 if { hdr(x-flood) -m found }`, 1)
+	addr := startProxy(t, cfg+"    server s1 {s1}\n", nil, b)
+	if st := status(rawExchange(t, addr, "GET /admin/x HTTP/1.1\r\nHost: t\r\n\r\n")); st != 403 {
+		t.Fatalf("denied path: %d, want 403", st)
+	}
+	if st := status(rawExchange(t, addr, "GET / HTTP/1.1\r\nHost: t\r\nX-Flood: 1\r\n\r\n")); st != 429 {
+		t.Fatalf("deny_status 429: %d", st)
+	}
+	if b.conns.Load() != 0 {
+		t.Fatalf("a denied request reached the server")
+	}
+	if res, _ := dial(t, addr).get(t, "/ok"); res.StatusCode != 200 {
+		t.Fatalf("allowed request: %d", res.StatusCode)
+	}
+}

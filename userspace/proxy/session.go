@@ -247,6 +247,9 @@ func (s *session) handle() bool {
 			return false
 		}
 	}
+	if rule := s.fe.matchRule(req); rule != nil {
+		return s.applyRule(rule, &tm)
+	}
 	bi := s.fe.router.Route(req)
 	if bi < 0 {
 		s.fail(503, tm.start, termNoS, nil)
@@ -262,6 +265,58 @@ func (s *session) handle() bool {
 		s.pre, s.preBe = nil, nil
 	}
 	return keep
+}
+
+// matchRule returns the first http-request rule whose condition matches.
+func (fe *frontend) matchRule(req *h1.Request) *httpRule {
+	for i := range fe.rules {
+		if r := &fe.rules[i]; r.cond == nil || r.cond.Match(req) {
+			return r
+		}
+	}
+	return nil
+}
+
+// applyRule answers a request an http-request rule takes: deny, or the
+// Prometheus exporter.
+func (s *session) applyRule(rule *httpRule, tm *timings) bool {
+	st := s.st
+	req := &st.req
+	if rule.deny {
+		s.fail(rule.status, tm.start, termPR, nil)
+		return false
+	}
+	var body []byte
+	ctype := "text/plain"
+	status := 200
+	err := errors.New("no metrics renderer")
+	if s.p.Metrics != nil {
+		body, ctype, err = s.p.Metrics()
+	}
+	if err != nil {
+		s.p.log.Error("prometheus exporter", "err", err)
+		s.fail(503, tm.start, termPR, nil)
+		return false
+	}
+	st.r += req.HeadLen
+	// A body is not read: then the connection cannot carry another request.
+	closeClient := req.Close || req.HasBody() || s.p.closing.Load()
+	st.out = append(st.out[:0], "HTTP/1.1 200 OK\r\nContent-Type: "...)
+	st.out = append(st.out, ctype...)
+	st.out = append(st.out, "\r\nCache-Control: no-cache\r\nContent-Length: "...)
+	st.out = itoa(st.out, int64(len(body)))
+	if closeClient {
+		st.out = append(st.out, "\r\nConnection: close"...)
+	}
+	st.out = append(st.out, "\r\n\r\n"...)
+	if !req.IsHead() {
+		st.out = append(st.out, body...)
+	}
+	s.c.SetWriteDeadline(time.Now().Add(s.fe.timeoutClient))
+	n, werr := s.io.Write(st.out)
+	tm.total = time.Since(tm.start)
+	s.logRequest(nil, nil, status, int64(n), termOK, *tm)
+	return werr == nil && !closeClient
 }
 
 // hashKey computes the key for hashing balance algorithms.

@@ -1,0 +1,129 @@
+// Package metrics exposes sluice's counters to Prometheus: a collector over
+// the proxy's Stats snapshot, registered in a registry the caller owns (never
+// the global one), and the rendering of the exposition text the frontend
+// serves for `http-request use-service prometheus-exporter`. Metric names
+// follow HAProxy's exporter (haproxy_frontend_current_sessions becomes
+// sluice_frontend_current_sessions) so dashboards carry over.
+package metrics
+
+import (
+	"bytes"
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
+
+	"github.com/sluicelb/sluice/userspace/proxy"
+)
+
+// Source is what the collector reads: the running proxy.
+type Source interface{ Stats() proxy.Stats }
+
+type collector struct {
+	src Source
+
+	curConns, maxConn, maxconnReached *prometheus.Desc
+
+	feCur, feTotal, feLimit *prometheus.Desc
+
+	beCur, beTotal, beQueue, beQueueMax, beQueued, beQueueTime *prometheus.Desc
+
+	srvCur, srvMax, srvTotal, srvLimit, srvQueue, srvQueueMax, srvErrors, srvStatus, srvWeight *prometheus.Desc
+}
+
+// NewCollector returns a collector of src's counters.
+func NewCollector(src Source) prometheus.Collector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc("sluice_"+name, help, labels, nil)
+	}
+	fe, be, srv := []string{"proxy"}, []string{"proxy"}, []string{"proxy", "server"}
+	return &collector{
+		src:            src,
+		curConns:       d("process_current_connections", "Client connections being served."),
+		maxConn:        d("process_max_connections", "Global maxconn (0: no limit)."),
+		maxconnReached: d("process_maxconn_reached_total", "Times a listener waited for a maxconn slot (global or frontend)."),
+		feCur:          d("frontend_current_sessions", "Client connections being served by the frontend.", fe...),
+		feTotal:        d("frontend_sessions_total", "Client connections accepted by the frontend.", fe...),
+		feLimit:        d("frontend_limit_sessions", "The frontend's maxconn (0: no limit).", fe...),
+		beCur:          d("backend_current_sessions", "Requests in the backend, served or queued.", be...),
+		beTotal:        d("backend_sessions_total", "Requests routed to the backend.", be...),
+		beQueue:        d("backend_current_queue", "Requests waiting in the backend queue for any server.", be...),
+		beQueueMax:     d("backend_max_queue", "Highest backend queue length seen.", be...),
+		beQueued:       d("backend_queued_total", "Requests that had to wait for a server slot.", be...),
+		beQueueTime:    d("backend_queue_time_seconds_total", "Total time requests waited for a server slot.", be...),
+		srvCur:         d("server_current_sessions", "Requests holding a slot of the server.", srv...),
+		srvMax:         d("server_max_sessions", "Highest number of requests held at once.", srv...),
+		srvTotal:       d("server_sessions_total", "Requests sent to the server.", srv...),
+		srvLimit:       d("server_limit_sessions", "maxconn in force (dynamic with minconn; 0: no limit).", srv...),
+		srvQueue:       d("server_current_queue", "Requests waiting for this server.", srv...),
+		srvQueueMax:    d("server_max_queue", "Highest queue length for this server.", srv...),
+		srvErrors:      d("server_connection_errors_total", "Failed attempts (connection errors and retries).", srv...),
+		srvWeight:      d("server_weight", "The server's weight.", srv...),
+		srvStatus:      d("server_status", "1 for the server's current state.", "proxy", "server", "state"),
+	}
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(c, ch) }
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	st := c.src.Stats()
+	g := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	k := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
+	}
+	g(c.curConns, float64(st.CurrConns))
+	g(c.maxConn, float64(st.MaxConn))
+	k(c.maxconnReached, float64(st.MaxConnReached))
+	for _, f := range st.Frontends {
+		g(c.feCur, float64(f.CurrSessions), f.Name)
+		k(c.feTotal, float64(f.Sessions), f.Name)
+		g(c.feLimit, float64(f.MaxConn), f.Name)
+	}
+	for _, b := range st.Backends {
+		g(c.beCur, float64(b.CurrSessions), b.Name)
+		k(c.beTotal, float64(b.Sessions), b.Name)
+		g(c.beQueue, float64(b.QueueCur), b.Name)
+		g(c.beQueueMax, float64(b.QueueMax), b.Name)
+		k(c.beQueued, float64(b.Queued), b.Name)
+		k(c.beQueueTime, b.QueueTime.Seconds(), b.Name)
+		for _, s := range b.Servers {
+			g(c.srvCur, float64(s.Cur), b.Name, s.Name)
+			g(c.srvMax, float64(s.Max), b.Name, s.Name)
+			k(c.srvTotal, float64(s.Total), b.Name, s.Name)
+			g(c.srvLimit, float64(s.Limit), b.Name, s.Name)
+			g(c.srvQueue, float64(s.QueueCur), b.Name, s.Name)
+			g(c.srvQueueMax, float64(s.QueueMax), b.Name, s.Name)
+			k(c.srvErrors, float64(s.Failures), b.Name, s.Name)
+			g(c.srvWeight, float64(s.Weight), b.Name, s.Name)
+			for _, state := range []string{"UP", "DOWN", "MAINT", "DRAIN"} {
+				v := 0.0
+				if s.State == state {
+					v = 1
+				}
+				g(c.srvStatus, v, b.Name, s.Name, state)
+			}
+		}
+	}
+}
+
+// Renderer returns a function that renders g's metrics in the Prometheus
+// text format, with the content type to answer with.
+func Renderer(g prometheus.Gatherer) func() ([]byte, string, error) {
+	format := expfmt.NewFormat(expfmt.TypeTextPlain)
+	return func() ([]byte, string, error) {
+		mfs, err := g.Gather()
+		if err != nil {
+			return nil, "", fmt.Errorf("gather metrics: %w", err)
+		}
+		var buf bytes.Buffer
+		enc := expfmt.NewEncoder(&buf, format)
+		for _, mf := range mfs {
+			if err := enc.Encode(mf); err != nil {
+				return nil, "", fmt.Errorf("encode metrics: %w", err)
+			}
+		}
+		return buf.Bytes(), string(format), nil
+	}
+}

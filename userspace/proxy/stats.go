@@ -1,0 +1,98 @@
+package proxy
+
+import (
+	"time"
+
+	"github.com/sluicelb/sluice/userspace/queue"
+)
+
+// Stats is a snapshot of the proxy's counters, for metrics, the stats page
+// and the runtime API. Every figure is read from an atomic; the snapshot is
+// not taken under one lock, so figures of different objects may be a few
+// requests apart.
+type Stats struct {
+	CurrConns      int64 // client connections being served
+	MaxConn        int   // global maxconn, 0 = none
+	MaxConnReached int64 // times a listener waited for a maxconn slot
+	Frontends      []FrontendStats
+	Backends       []BackendStats
+}
+
+// FrontendStats are one frontend's counters.
+type FrontendStats struct {
+	Name         string
+	CurrSessions int64
+	Sessions     int64 // total
+	MaxConn      int   // 0 = unlimited
+}
+
+// BackendStats are one backend's counters.
+type BackendStats struct {
+	Name         string
+	CurrSessions int64 // requests being handled by the backend, queued or not
+	Sessions     int64 // total
+	QueueCur     int64 // waiting in the backend queue
+	QueueMax     int64
+	Queued       int64         // requests that had to wait, ever
+	QueueTime    time.Duration // total time they waited
+	Servers      []ServerStats
+}
+
+// ServerStats are one server's counters.
+type ServerStats struct {
+	Name      string
+	Addr      string
+	State     string // UP, DOWN, MAINT, DRAIN
+	Weight    int
+	Cur       int64 // requests holding a slot
+	Max       int64
+	Total     int64
+	Limit     int64 // maxconn in force (dynamic with minconn), 0 = unlimited
+	QueueCur  int64 // waiting for this server
+	QueueMax  int64
+	Failures  int64 // connection failures and retries
+	MaxQueue  int
+	ConfigMax int // configured maxconn
+}
+
+func (st queueState) String() string {
+	switch queue.State(st) {
+	case queue.StateDown:
+		return "DOWN"
+	case queue.StateMaint:
+		return "MAINT"
+	case queue.StateDrain:
+		return "DRAIN"
+	}
+	return "UP"
+}
+
+type queueState queue.State
+
+// Stats returns a snapshot of the counters.
+func (p *Proxy) Stats() Stats {
+	st := Stats{CurrConns: p.actconn.Load(), MaxConn: p.maxconn, MaxConnReached: p.maxconnReached.Load()}
+	for _, fe := range p.frontends {
+		st.Frontends = append(st.Frontends, FrontendStats{
+			Name: fe.name, CurrSessions: fe.cur.Load(), Sessions: fe.total.Load(), MaxConn: cap(fe.sem),
+		})
+	}
+	for _, be := range p.backends {
+		bs := BackendStats{
+			Name: be.name, CurrSessions: be.q.Sessions.Load(), Sessions: be.total.Load(),
+			QueueCur: be.q.QueueCur.Load(), QueueMax: be.q.QueueMax.Load(),
+			Queued: be.q.Queued.Load(), QueueTime: time.Duration(be.q.QueueWait.Load()),
+		}
+		for _, s := range be.servers {
+			q := s.q
+			bs.Servers = append(bs.Servers, ServerStats{
+				Name: q.Name, Addr: q.Addr, State: queueState(q.State()).String(), Weight: q.Weight,
+				Cur: q.Cur.Load(), Max: q.Max.Load(), Total: q.Total.Load(), Limit: q.Limit.Load(),
+				QueueCur: q.QueueCur.Load(), QueueMax: q.QueueMax.Load(), Failures: q.Failures.Load(),
+				MaxQueue: q.MaxQueue, ConfigMax: q.MaxConn,
+			})
+		}
+		st.Backends = append(st.Backends, bs)
+	}
+	return st
+}
