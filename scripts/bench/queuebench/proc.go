@@ -3,8 +3,6 @@ package main
 import (
 	"bufio"
 	"fmt"
-	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -174,30 +172,59 @@ func proxySockets(port int) (established, unread int, err error) {
 	return established, unread, sc.Err()
 }
 
-// haproxyQueue asks HAProxy's stats socket for the current queue lengths (qcur) of every backend and server.
-func haproxyQueue(path string) (string, error) {
-	c, err := net.DialTimeout("unix", path, 2*time.Second)
+// proxyQueue scrapes a Prometheus exporter (HAProxy's and sluice's use the same names and labels, with the prefix
+// haproxy_ or sluice_) and returns the current queue lengths as "be=N,be/s1=M" (backend queue, server queues).
+func proxyQueue(url string) (string, error) {
+	resp, err := ctlClient.Get(url)
 	if err != nil {
 		return "", err
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.WriteString(c, "show stat\n"); err != nil {
-		return "", err
-	}
-	b, err := io.ReadAll(c)
-	if err != nil {
-		return "", err
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return "", fmt.Errorf("%s: %s", url, resp.Status)
 	}
 	var parts []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Split(line, ",")
-		if len(f) < 3 || strings.HasPrefix(line, "#") || f[1] == "FRONTEND" {
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		line := sc.Text()
+		name, rest, ok := strings.Cut(line, "{")
+		if !ok || strings.HasPrefix(line, "#") {
 			continue
 		}
-		parts = append(parts, f[0]+"/"+f[1]+":"+f[2])
+		var kind string
+		switch {
+		case strings.HasSuffix(name, "_backend_current_queue"):
+			kind = "be"
+		case strings.HasSuffix(name, "_server_current_queue"):
+			kind = "srv"
+		default:
+			continue
+		}
+		labels, value, _ := strings.Cut(rest, "} ")
+		id := labelValue(labels, "proxy")
+		if kind == "srv" {
+			id += "/" + labelValue(labels, "server")
+		}
+		parts = append(parts, id+"="+strings.TrimSpace(value))
+	}
+	if err := sc.Err(); err != nil {
+		return "", err
+	}
+	if len(parts) == 0 {
+		return "", fmt.Errorf("%s: no *_current_queue metrics", url)
 	}
 	return strings.Join(parts, ","), nil
+}
+
+func labelValue(labels, key string) string {
+	for _, kv := range strings.Split(labels, ",") {
+		k, v, _ := strings.Cut(kv, "=")
+		if strings.TrimSpace(k) == key {
+			return strings.Trim(v, `"`)
+		}
+	}
+	return "?"
 }
 
 // clkTck is USER_HZ, the unit of /proc/*/stat and /proc/stat times: 100 on every Linux architecture Go supports.

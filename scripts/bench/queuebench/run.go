@@ -20,11 +20,11 @@ import (
 )
 
 type runFlags struct {
-	addr, control, label, rawLat, rawEvents, statsSocket string
-	n, pid, backendPid, maxconn, fillConc, warmup        int
-	mem                                                  bool
-	fillTimeout, settleMax, drainTimeout                 time.Duration
-	direct                                               bool
+	addr, control, label, rawLat, rawEvents, metricsURL string
+	n, pid, backendPid, maxconn, fillConc, warmup       int
+	mem                                                 bool
+	fillTimeout, settleMax, drainTimeout                time.Duration
+	direct                                              bool
 }
 
 // clientResult is what happened to one client connection's request.
@@ -51,7 +51,7 @@ func runMain(args []string) {
 	fs.StringVar(&f.label, "label", "", "name printed in the RESULT line")
 	fs.StringVar(&f.rawLat, "raw-latencies", "", "write the dispatch latencies (µs, in dispatch order) to this file")
 	fs.StringVar(&f.rawEvents, "raw-events", "", "write the backend's events (seq arrive_ns done_ns conn) to this file")
-	fs.StringVar(&f.statsSocket, "haproxy-socket", "", "HAProxy stats socket: report its qcur once the queue is full")
+	fs.StringVar(&f.metricsURL, "metrics-url", "", "the proxy's Prometheus exporter: report its own queue lengths once the queue is full")
 	fs.BoolVar(&f.direct, "direct", false, "no proxy: one keep-alive connection straight to the backend sends -n requests back to back (the floor of the dispatch measurement)")
 	fs.Parse(args)
 	if f.addr == "" || f.control == "" || f.n <= 0 || f.maxconn <= 0 {
@@ -204,6 +204,13 @@ func runQueue(f runFlags, ctl *controller) {
 	if err := warmup(f.addr, f.warmup); err != nil {
 		fatalf("warm-up through %s: %v", f.addr, err)
 	}
+	if f.metricsURL != "" { // once before the baseline, so the exporter's own allocations are not counted per request
+		if q, err := proxyQueue(f.metricsURL); err != nil {
+			fmt.Printf("metrics: %v\n", err)
+		} else {
+			fmt.Printf("proxy's own queue counters, idle: %s\n", q)
+		}
+	}
 	ctl.call("/reset")
 	ctl.call("/hold")
 	fmt.Printf("%s: backend holding; queueing %d requests behind maxconn %d\n", f.label, f.n, f.maxconn)
@@ -294,12 +301,12 @@ func runQueue(f runFlags, ctl *controller) {
 	queuedTime := time.Since(fillStart)
 	fmt.Printf("proxy side: %d established client sockets, %d with unread bytes; backend holds %d (max %d, %d received, %d connections); %d answered before the release; queue full=%t after %v\n",
 		est, unread, bs.Active, bs.MaxActive, bs.Received, bs.Accepted, early.Load(), queued, queuedTime.Round(time.Millisecond))
-	hapQ := ""
-	if f.statsSocket != "" {
-		if hapQ, err = haproxyQueue(f.statsSocket); err != nil {
-			fmt.Printf("haproxy stats socket: %v\n", err)
+	proxyQ := ""
+	if f.metricsURL != "" {
+		if proxyQ, err = proxyQueue(f.metricsURL); err != nil {
+			fmt.Printf("metrics: %v\n", err)
 		} else {
-			fmt.Printf("haproxy qcur: %s\n", hapQ)
+			fmt.Printf("proxy's own queue counters, queue full: %s\n", proxyQ)
 		}
 	}
 
@@ -377,11 +384,11 @@ func runQueue(f runFlags, ctl *controller) {
 		perReqAnon = float64(after.anon-before.anon) / float64(f.n)
 		fmt.Printf("per queued request: %.2f KiB VmRSS (%.2f KiB RssAnon); VmRSS after the drain %d KiB\n", perReq, perReqAnon, rssEnd)
 	}
-	fmt.Printf("RESULT label=%s mode=queue n=%d maxconn=%d opened=%d queued=%t fill_s=%.2f queued_s=%.2f early=%d hap_qcur=%s "+
+	fmt.Printf("RESULT label=%s mode=queue n=%d maxconn=%d opened=%d queued=%t fill_s=%.2f queued_s=%.2f early=%d proxy_queue=%s "+
 		"rss_before_kib=%d rss_after_kib=%d rss_drained_kib=%d per_req_kib=%.2f anon_per_req_kib=%.2f fds_delta=%d stable=%t "+
 		"ok=%d non200=%d errors=%d hung=%d drain_s=%.3f backend_requests=%d backend_conns=%d max_active=%d "+
 		"proxy_cpu=%.0f backend_cpu=%.0f client_cpu=%.0f other_cpu=%.0f %s\n",
-		f.label, f.n, f.maxconn, opened, queued, fillTime.Seconds(), queuedTime.Seconds(), early.Load(), orDash(hapQ),
+		f.label, f.n, f.maxconn, opened, queued, fillTime.Seconds(), queuedTime.Seconds(), early.Load(), orDash(proxyQ),
 		before.rss, after.rss, rssEnd, perReq, perReqAnon, fdAfter-fdBefore, before.stable && after.stable,
 		ok, non200, errs, hung, drain.Seconds(), bsEnd.Received, bsEnd.Accepted, bsEnd.MaxActive,
 		proxyCPU, backendCPU, clientCPU, otherCPU, d.kv())
