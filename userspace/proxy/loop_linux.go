@@ -456,7 +456,7 @@ func (lp *loop) serveBuffered(s *session) {
 			putState(st)
 			s.st = nil
 			s.lstate = lsIdle
-			s.deadline = time.Time{}
+			s.deadline = lp.now.Add(s.fe.timeoutKeepAlive) // idle keep-alive
 			if lp.p.closing.Load() {
 				lp.closeSession(s)
 			}

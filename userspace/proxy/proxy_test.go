@@ -532,7 +532,9 @@ func testKeepAliveTimeout(t *testing.T) {
 	cfg := strings.Replace(basicCfg, "timeout client 5s", "timeout client 5s\n    timeout http-keep-alive 300ms", 1)
 	addr := startProxy(t, cfg+"    server s1 {s1}\n", nil, b)
 	c := dial(t, addr)
-	c.get(t, "/")
+	for i := 0; i < 3; i++ { // the first request opens the server connection, the others reuse it
+		c.get(t, "/")
+	}
 	start := time.Now()
 	c.c.SetReadDeadline(time.Now().Add(3 * time.Second))
 	if _, err := c.br.ReadByte(); err != io.EOF {
