@@ -37,13 +37,14 @@ import (
 // connection is owned by exactly one of them at a time.
 
 type loopState struct {
-	lp       *loop
-	owned    atomic.Bool // an event loop owns the connection
-	fd       int
-	lstate   uint8
-	lindex   int       // position in lp.sessions
-	deadline time.Time // for the current state; zero = none
-	readable bool      // an edge arrived while a response was awaited
+	lp        *loop
+	owned     atomic.Bool // an event loop owns the connection
+	fd        int
+	lstate    uint8
+	lindex    int       // position in lp.sessions
+	deadline  time.Time // for the current state; zero = none
+	readable  bool      // an edge arrived while a response was awaited
+	clientEOF bool      // the client shut down its side after sending
 	// the request in flight on the fast path
 	lbe *backend
 	lqs *queue.Server
@@ -427,10 +428,14 @@ func (lp *loop) readClient(s *session) {
 			break
 		}
 		if e != 0 || n == 0 {
-			// The client closed (possibly after a pipelined burst):
-			// nothing more can be answered on this connection.
-			lp.closeSession(s)
-			return
+			if e != 0 || st.r == st.w {
+				lp.closeSession(s)
+				return
+			}
+			// The client half-closed after sending: answer what it sent,
+			// then close.
+			s.clientEOF = true
+			break
 		}
 		st.w += n
 	}
@@ -457,7 +462,7 @@ func (lp *loop) serveBuffered(s *session) {
 			s.st = nil
 			s.lstate = lsIdle
 			s.deadline = lp.now.Add(s.fe.timeoutKeepAlive) // idle keep-alive
-			if lp.p.closing.Load() {
+			if lp.p.closing.Load() || s.clientEOF {
 				lp.closeSession(s)
 			}
 			return
@@ -707,7 +712,7 @@ func (lp *loop) response(s *session, uc *upConn, eof bool) {
 		lp.delegateResponse(s, uc, true)
 		return
 	}
-	closeClient := req.Close || lp.p.closing.Load()
+	closeClient := req.Close || lp.p.closing.Load() || s.clientEOF
 	st.out = responseHead(st.out[:0], res, req.Minor, closeClient, false)
 	body := uc.buf[uc.r+res.HeadLen : uc.r+res.HeadLen+bodyLen]
 	st.out = append(st.out, body...)

@@ -673,3 +673,26 @@ func testHTTPRequestDeny(t *testing.T) {
 		t.Fatalf("allowed request: %d", res.StatusCode)
 	}
 }
+
+// A client that shuts down its sending side right after its request still
+// gets the response.
+func TestClientHalfClose(t *testing.T) { bothPaths(t, testClientHalfClose) }
+
+func testClientHalfClose(t *testing.T) {
+	b := newTestBackend(t, "s1", nil)
+	addr := startProxy(t, basicCfg+"    server s1 {s1}\n", nil, b)
+	for i := 0; i < 3; i++ { // the later ones take the fast path on a pooled connection
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+		c.(*net.TCPConn).CloseWrite()
+		out, _ := io.ReadAll(c)
+		c.Close()
+		if status(string(out)) != 200 || !strings.HasSuffix(string(out), "hello from s1\n") {
+			t.Fatalf("request %d after half-close: %q", i, out)
+		}
+	}
+}
