@@ -196,6 +196,7 @@ pooled_pcts() {
 		if (v["early"] + 0 > 0) note = note " answered-early=" v["early"]
 		if (v["max_active"] + 0 > v["maxconn"] + 0) note = note " maxconn-exceeded"
 		if (v["ok"] != v["n"]) note = note " LOST"
+		if (v["other_cpu"] + 0 > 25) note = note " noisy(other%=" v["other_cpu"] ")"
 		rows[++nr] = sprintf("%-15s %6s %6s %5s %6s %5s %10s %10s %8s %9s %7s %10s %7s %7s %8s  %-16s %s", v["label"], v["n"], v["ok"],
 			v["non200"], v["errors"], v["hung"], v["rss_before_kib"], v["rss_after_kib"], v["per_req_kib"], v["anon_per_req_kib"],
 			v["fds_delta"], v["rss_drained_kib"], v["p50_us"], v["p99_us"], v["max_us"], v["proxy_queue"], note) }
@@ -206,7 +207,8 @@ pooled_pcts() {
 	echo "other = non-200 responses; errors = no response (connection error, or hung = none within the drain timeout)"
 	echo "KiB/req = (after - before) / N of VmRSS, anon/req the same for RssAnon; RSS drain = one VmRSS sample right after"
 	echo "all responses arrived; p50/p99/max = dispatch latency during that drain (the queue started at N-$MAXCONN);"
-	echo "own queue = the proxy's own counters once the queue was full (Prometheus exporter: backend queue, server queue)"
+	echo "own queue = the proxy's own counters once the queue was full (Prometheus exporter: backend queue, server queue);"
+	echo "noisy = other processes used more than 25 % of a core during the drain (latencies unreliable, memory is not affected)"
 
 	echo
 	echo "== dispatch latency: backend's 'response written' -> next request's first byte, maxconn $MAXCONN, all rounds pooled (us) =="
