@@ -470,6 +470,7 @@ func (lp *loop) serveBuffered(s *session) {
 		if s.lstate == lsIdle {
 			s.lstate = lsHead
 			s.ltm = timings{start: lp.now}
+			s.arrived = lp.now
 			s.deadline = lp.now.Add(s.fe.timeoutHTTPRequest)
 		}
 		st.req.Src, st.req.SrcPort, st.req.DstPort = s.src.Addr(), s.src.Port(), s.dst

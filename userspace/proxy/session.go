@@ -32,6 +32,9 @@ type session struct {
 	// handing it over (so balancing picks once).
 	pre   *queue.Server
 	preBe *backend
+	// arrived is when the current request's first bytes were seen: its
+	// place in a queue.
+	arrived time.Time
 
 	loopState // when an event loop owns the connection (loop_linux.go)
 }
@@ -136,6 +139,7 @@ func (s *session) readHead() bool {
 	}
 	st := s.st
 	start := time.Now()
+	s.arrived = start
 	st.req.Src, st.req.SrcPort, st.req.DstPort = s.src.Addr(), s.src.Port(), s.dst
 	s.c.SetReadDeadline(start.Add(fe.timeoutHTTPRequest))
 	for {
@@ -233,8 +237,10 @@ func (s *session) handle() bool {
 	req := &st.req
 	s.nreq++
 	s.reqStart = st.r
-	tm := timings{start: time.Now()}
-	tm.head = tm.start
+	tm := timings{start: s.arrived, head: time.Now()}
+	if tm.start.IsZero() {
+		tm.start = tm.head
+	}
 	if s.p.access != nil && s.fe.httplog {
 		s.keepLine()
 	}
@@ -393,7 +399,7 @@ func (s *session) forward(be *backend, tm *timings) bool {
 			// The request may wait in a queue: watch for the client
 			// leaving meanwhile.
 			ctx, stop := s.watchClient()
-			qs, err = be.q.Acquire(ctx, key, exclude)
+			qs, err = be.q.AcquireAt(ctx, key, exclude, tm.start)
 			if gone := stop(); gone {
 				if qs != nil {
 					be.q.Release(qs)

@@ -99,9 +99,8 @@ type Backend struct {
 
 	mu       sync.Mutex
 	queue    list.List // *waiter not tied to a server
-	seq      uint64
-	sessions int  // requests in the backend: served and queued
-	dynamic  bool // some server has a minconn
+	sessions int       // requests in the backend: served and queued
+	dynamic  bool      // some server has a minconn
 
 	QueueCur  atomic.Int64
 	QueueMax  atomic.Int64
@@ -111,7 +110,7 @@ type Backend struct {
 }
 
 type waiter struct {
-	seq    uint64
+	seq    int64   // arrival, monotonic nanoseconds since epoch
 	target *Server // nil: any server
 	srv    *Server // assigned server, set under mu
 	ch     chan struct{}
@@ -190,7 +189,7 @@ func (b *Backend) SetServerState(s *Server, st State) {
 				w := e.Value.(*waiter)
 				s.queue.Remove(e)
 				w.target = nil
-				b.insertOrdered(w)
+				insertOrdered(&b.queue, w)
 			}
 			s.QueueCur.Store(0)
 			b.QueueCur.Store(int64(b.queue.Len()))
@@ -205,15 +204,15 @@ func (b *Backend) SetServerState(s *Server, st State) {
 	b.dispatch(s)
 }
 
-// insertOrdered puts w in the backend queue in order of arrival.
-func (b *Backend) insertOrdered(w *waiter) {
-	for e := b.queue.Back(); e != nil; e = e.Prev() {
-		if e.Value.(*waiter).seq < w.seq {
-			w.elem = b.queue.InsertAfter(w, e)
+// insertOrdered puts w in queue q in order of arrival (usually at the back).
+func insertOrdered(q *list.List, w *waiter) {
+	for e := q.Back(); e != nil; e = e.Prev() {
+		if e.Value.(*waiter).seq <= w.seq {
+			w.elem = q.InsertAfter(w, e)
 			return
 		}
 	}
-	w.elem = b.queue.PushFront(w)
+	w.elem = q.PushFront(w)
 }
 
 // candidates returns whether active servers are usable; if none is, backups are.
@@ -235,6 +234,16 @@ func (b *Backend) eligible(s *Server, backups bool) bool {
 // queue when all are full. key feeds hashing algorithms. exclude, if not nil,
 // is avoided (redispatch after a failure). The caller must Release it.
 func (b *Backend) Acquire(ctx context.Context, key uint64, exclude *Server) (*Server, error) {
+	return b.AcquireAt(ctx, key, exclude, time.Now())
+}
+
+// epoch anchors arrival times on the monotonic clock.
+var epoch = time.Now()
+
+// AcquireAt is Acquire for a request that arrived at the given time: queues
+// are ordered by arrival, so a request that took longer to reach its queue
+// (handed between threads) does not lose its place.
+func (b *Backend) AcquireAt(ctx context.Context, key uint64, exclude *Server, arrived time.Time) (*Server, error) {
 	b.mu.Lock()
 	b.enter()
 	s := b.Balancer.Pick(b, key, exclude)
@@ -265,15 +274,14 @@ func (b *Backend) Acquire(ctx context.Context, key uint64, exclude *Server) (*Se
 			return nil, ErrNoServer
 		}
 	}
-	b.seq++
-	w.seq = b.seq
+	w.seq = int64(arrived.Sub(epoch))
 	if s != nil {
-		w.elem = s.queue.PushBack(w)
+		insertOrdered(&s.queue, w)
 		n := int64(s.queue.Len())
 		s.QueueCur.Store(n)
 		maxStore(&s.QueueMax, n)
 	} else {
-		w.elem = b.queue.PushBack(w)
+		insertOrdered(&b.queue, w)
 		n := int64(b.queue.Len())
 		b.QueueCur.Store(n)
 		maxStore(&b.QueueMax, n)

@@ -313,3 +313,35 @@ func TestDynamicLimit(t *testing.T) {
 		t.Fatalf("after release: sessions %d cur %d", b.Sessions.Load(), ss[0].Cur.Load())
 	}
 }
+
+// Requests are served in order of arrival, even when one reaches the queue
+// after a later one (handed between threads).
+func TestQueueOrderIsArrival(t *testing.T) {
+	ss := servers(1)
+	ss[0].MaxConn = 1
+	b := NewBackend("be", ss, mustBalancer(t, "roundrobin"), time.Minute)
+	ctx := context.Background()
+	held, _ := b.Acquire(ctx, 0, nil)
+	t0 := time.Now()
+	order := make(chan string, 2)
+	go func() { s, _ := b.AcquireAt(ctx, 0, nil, t0.Add(2*time.Millisecond)); order <- "late"; b.Release(s) }()
+	waitQueued(t, b, 1)
+	go func() { s, _ := b.AcquireAt(ctx, 0, nil, t0.Add(1*time.Millisecond)); order <- "early"; b.Release(s) }()
+	waitQueued(t, b, 2)
+	b.Release(held)
+	if first := <-order; first != "early" {
+		t.Fatalf("%s served first; the request that arrived first must be", first)
+	}
+	<-order
+}
+
+func waitQueued(t *testing.T, b *Backend, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for b.QueueCur.Load() != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("queue length %d, want %d", b.QueueCur.Load(), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
