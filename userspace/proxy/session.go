@@ -325,6 +325,29 @@ func (s *session) applyRule(rule *httpRule, tm *timings) bool {
 	return werr == nil && !closeClient
 }
 
+// shrink moves the buffered request to a buffer of just its size (back=false)
+// while it waits in a queue, or back to a pooled one (back=true). The head is
+// parsed again: its fields point into the buffer.
+func (s *session) shrink(back bool) {
+	st := s.st
+	if back == (cap(st.buf) >= bufSize) || st.w-st.r > bufSize {
+		return
+	}
+	var nb []byte
+	if back {
+		nb = getBuf()
+	} else {
+		nb = make([]byte, st.w-st.r)
+	}
+	n := copy(nb, st.buf[st.r:st.w])
+	if !back {
+		putBuf(st.buf)
+	}
+	st.buf, st.r, st.w = nb, 0, n
+	s.reqStart = 0
+	h1.ParseRequest(st.buf[:st.w], &st.req) // parsed before: cannot fail
+}
+
 // hashKey computes the key for hashing balance algorithms.
 func (s *session) hashKey(be *backend) uint64 {
 	req := &s.st.req
@@ -397,9 +420,11 @@ func (s *session) forward(be *backend, tm *timings) bool {
 				be.q.Release(qs)
 			}
 			// The request may wait in a queue: watch for the client
-			// leaving meanwhile.
+			// leaving meanwhile, and hold no more memory than it needs.
+			s.shrink(false)
 			ctx, stop := s.watchClient()
 			qs, err = be.q.AcquireAt(ctx, key, exclude, tm.start)
+			s.shrink(true)
 			if gone := stop(); gone {
 				if qs != nil {
 					be.q.Release(qs)
