@@ -469,8 +469,14 @@ func (lp *loop) serveBuffered(s *session) {
 		}
 		if s.lstate == lsIdle {
 			s.lstate = lsHead
-			s.ltm = timings{start: lp.now}
-			s.arrived = lp.now
+			// Its own clock reading, not the batch's: it orders queues.
+			// A connection's first request keeps its accept time, taken
+			// in accept order before any hand-over between threads.
+			now := time.Now()
+			s.ltm = timings{start: now}
+			if s.nreq > 0 {
+				s.arrived = now
+			}
 			s.deadline = lp.now.Add(s.fe.timeoutHTTPRequest)
 		}
 		st.req.Src, st.req.SrcPort, st.req.DstPort = s.src.Addr(), s.src.Port(), s.dst

@@ -50,7 +50,7 @@ func (s *session) wakeIdle() {
 // newSession sets up a client connection's session and its counters. On
 // failure it undoes the accept (connection, maxconn slot, wait group).
 func (p *Proxy) newSession(fe *frontend, c *net.TCPConn) *session {
-	s := &session{p: p, fe: fe, c: c}
+	s := &session{p: p, fe: fe, c: c, arrived: time.Now()}
 	s.fd = -1
 	var err error
 	if s.io, err = newSock(c); err != nil {
@@ -139,7 +139,9 @@ func (s *session) readHead() bool {
 	}
 	st := s.st
 	start := time.Now()
-	s.arrived = start
+	if s.nreq > 0 { // the first request keeps the accept time (newSession)
+		s.arrived = start
+	}
 	st.req.Src, st.req.SrcPort, st.req.DstPort = s.src.Addr(), s.src.Port(), s.dst
 	s.c.SetReadDeadline(start.Add(fe.timeoutHTTPRequest))
 	for {
