@@ -63,6 +63,7 @@ func (p *parser) build() *Config {
 				FullConn: px.fullconn,
 				Servers:  px.servers,
 			}
+			be.CheckExpect = px.checkExpect
 			if px.kind == secBackend {
 				be.ACLs = px.acls
 			}

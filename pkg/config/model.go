@@ -102,6 +102,10 @@ type Options struct {
 	HTTPKeepAlive    bool   // default mode when neither is set
 	HTTPServerClose  bool
 	Redispatch       bool
+	// option httpchk [[METHOD] URI [VERSION]]: health checks send this
+	// request instead of only connecting.
+	HTTPCheck                                       bool
+	HTTPCheckMethod, HTTPCheckURI, HTTPCheckVersion string
 }
 
 // Bind is one address of a `bind` line.
@@ -177,6 +181,14 @@ type Source struct {
 	Args []string // the rest of the line (usesrc, interface...), kept for later issues
 }
 
+// CheckExpect is `http-check expect [!] status CODES|rstatus REGEX`.
+type CheckExpect struct {
+	Pos    Pos
+	Negate bool
+	Kind   string // "status" (codes and ranges: 200,300-399) or "rstatus"
+	Value  string
+}
+
 // Backend is a backend section, or the backend half of a listen section.
 type Backend struct {
 	Pos      Pos
@@ -190,24 +202,29 @@ type Backend struct {
 	FullConn int // 0 = automatic (HAProxy: 10% of the frontends' maxconn)
 	Servers  []*Server
 	ACLs     []ACL // acl lines of a backend section (a listen's go to its Frontend)
+	// CheckExpect is what an HTTP health check's status must match; nil =
+	// any 2xx or 3xx, as HAProxy.
+	CheckExpect *CheckExpect
 }
 
 // Server is a `server` line.
 type Server struct {
-	Pos      Pos
-	Name     string
-	Addr     string // host:port
-	MaxConn  int    // 0 = unlimited
-	MinConn  int    // 0 = unset (no dynamic limit)
-	MaxQueue int    // 0 = unlimited
-	Weight   int    // default 1, range 0..256
-	Check    bool
-	Inter    time.Duration // default 2s
-	Rise     int           // default 2
-	Fall     int           // default 3
-	Source   Source
-	Backup   bool
-	Disabled bool
+	Pos       Pos
+	Name      string
+	Addr      string // host:port
+	MaxConn   int    // 0 = unlimited
+	MinConn   int    // 0 = unset (no dynamic limit)
+	MaxQueue  int    // 0 = unlimited
+	Weight    int    // default 1, range 0..256
+	Check     bool
+	Inter     time.Duration // default 2s
+	FastInter time.Duration // between checks while going up or down; 0 = Inter
+	DownInter time.Duration // between checks while down; 0 = Inter
+	Rise      int           // default 2
+	Fall      int           // default 3
+	Source    Source
+	Backup    bool
+	Disabled  bool
 }
 
 // Diag is a located message: a warning or an error.

@@ -12,6 +12,7 @@ import (
 var implementedOptions = map[string]bool{
 	"httplog": true, "dontlognull": true, "forwardfor": true,
 	"http-keep-alive": true, "http-server-close": true, "redispatch": true,
+	"httpchk": true,
 }
 
 // option handles `[no|default] option NAME [args]`.
@@ -61,6 +62,23 @@ func (p *parser) option(pos Pos, px *proxy, kind secKind, mod string, args []str
 		if p.noArgs(pos, display, args) {
 			o.dontLogNull = triOn
 		}
+	case "httpchk":
+		// option httpchk [[METHOD] URI [VERSION]], HAProxy's defaults
+		// OPTIONS / HTTP/1.0.
+		m, u, v := "OPTIONS", "/", "HTTP/1.0"
+		switch len(args) {
+		case 0:
+		case 1:
+			u = args[0]
+		case 2:
+			m, u = args[0], args[1]
+		case 3:
+			m, u, v = args[0], args[1], args[2]
+		default:
+			p.errorf(pos, "'option httpchk' takes at most METHOD URI VERSION, found '%s'", args[3])
+			return
+		}
+		o.httpChk, o.chkMethod, o.chkURI, o.chkVersion = triOn, m, u, v
 	case "http-keep-alive":
 		if p.noArgs(pos, display, args) {
 			o.conn = connKeepAlive
@@ -114,6 +132,8 @@ func (p *parser) negateOption(px *proxy, name, mod string) {
 	case "http-keep-alive", "http-server-close":
 		// Negating either leaves HAProxy's default mode, keep-alive.
 		o.conn = connUnset
+	case "httpchk":
+		o.httpChk, o.chkMethod, o.chkURI, o.chkVersion = v, "", "", ""
 	}
 }
 

@@ -2,6 +2,7 @@ package config
 
 import (
 	"math"
+	"regexp"
 	"strings"
 	"time"
 )
@@ -33,6 +34,8 @@ type optState struct {
 	ffIfNone                                     bool
 	conn                                         connMode
 	httpLogPos, forwardForPos                    Pos
+	httpChk                                      tri
+	chkMethod, chkURI, chkVersion                string
 }
 
 func (o optState) resolve() Options {
@@ -46,6 +49,10 @@ func (o optState) resolve() Options {
 		HTTPKeepAlive:    o.conn != connServerClose,
 		HTTPServerClose:  o.conn == connServerClose,
 		Redispatch:       o.redispatch == triOn,
+		HTTPCheck:        o.httpChk == triOn,
+		HTTPCheckMethod:  o.chkMethod,
+		HTTPCheckURI:     o.chkURI,
+		HTTPCheckVersion: o.chkVersion,
 	}
 }
 
@@ -69,6 +76,7 @@ type proxy struct {
 	defBackend    string
 	defBackendPos Pos
 	defServer     Server // default-server settings
+	checkExpect   *CheckExpect
 
 	// Not inherited.
 	binds       []Bind
@@ -113,6 +121,7 @@ func (d *proxy) inherit() *proxy {
 		defBackend:    d.defBackend,
 		defBackendPos: d.defBackendPos,
 		defServer:     d.defServer,
+		checkExpect:   d.checkExpect,
 	}
 	px.defServer.Source = cloneSource(d.defServer.Source)
 	return px
@@ -231,6 +240,8 @@ func (p *parser) proxyStmt(pos Pos, words []string) {
 		p.useBackend(st)
 	case "http-request":
 		p.httpRequest(st)
+	case "http-check":
+		p.httpCheck(st)
 	default:
 		p.warnf(pos, "'%s' is not supported yet, ignored", kw)
 	}
@@ -406,6 +417,50 @@ func (p *parser) httpRequest(st *stmt) {
 		rule.Cond = cond
 	}
 	st.px.httpRules = append(st.px.httpRules, rule)
+}
+
+// httpCheck reads `http-check expect [!] status CODE|rstatus REGEX`; other
+// http-check directives warn.
+func (p *parser) httpCheck(st *stmt) {
+	args := st.args
+	if args[0] != "expect" {
+		p.warnf(st.pos, "'http-check %s' is not supported yet, ignored", args[0])
+		return
+	}
+	args = args[1:]
+	ce := &CheckExpect{Pos: st.pos}
+	if len(args) > 0 && args[0] == "!" {
+		ce.Negate, args = true, args[1:]
+	}
+	if len(args) != 2 || (args[0] != "status" && args[0] != "rstatus") {
+		if len(args) > 0 && args[0] != "status" && args[0] != "rstatus" {
+			p.warnf(st.pos, "'http-check expect %s' is not supported yet, ignored", args[0])
+			return
+		}
+		p.errorf(st.pos, "'http-check expect' expects 'status CODE' or 'rstatus REGEX'")
+		return
+	}
+	ce.Kind, ce.Value = args[0], args[1]
+	if ce.Kind == "rstatus" {
+		if _, err := regexp.Compile(ce.Value); err != nil {
+			p.errorf(st.pos, "'http-check expect rstatus': invalid regex '%s': %v", ce.Value, err)
+			return
+		}
+	} else {
+		for _, code := range strings.Split(ce.Value, ",") {
+			lo, hi, found := strings.Cut(code, "-")
+			if !found {
+				hi = lo
+			}
+			a, err1 := parseUint(lo, 100, 599)
+			b, err2 := parseUint(hi, 100, 599)
+			if err1 != nil || err2 != nil || a > b {
+				p.errorf(st.pos, "'http-check expect status': invalid status '%s' (expected codes or ranges such as 200,300-399)", ce.Value)
+				return
+			}
+		}
+	}
+	st.px.checkExpect = ce
 }
 
 // condition reads "if|unless TERMS..." as found after a rule.

@@ -174,17 +174,24 @@ func (p *parser) serverParams(pos Pos, srv *Server, args []string, kw string) bo
 			if v, good := intVal(1, math.MaxInt32); good {
 				srv.Fall = v
 			}
-		case "inter":
+		case "inter", "fastinter", "downinter":
 			d, err := parseTime(val)
 			if err == nil && d == 0 {
 				err = errors.New("must be greater than 0")
 			}
 			if err != nil {
-				p.errorf(pos, "invalid time '%s' for '%s' parameter 'inter': %v", val, kw, err)
+				p.errorf(pos, "invalid time '%s' for '%s' parameter '%s': %v", val, kw, name, err)
 				ok = false
 				continue
 			}
-			srv.Inter = d
+			switch name {
+			case "inter":
+				srv.Inter = d
+			case "fastinter":
+				srv.FastInter = d
+			default:
+				srv.DownInter = d
+			}
 		case "check":
 			srv.Check = true
 		case "no-check":

@@ -21,14 +21,12 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
-	"sort"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/sluicelb/sluice/scripts/bench/internal/procstat"
 )
 
 func main() {
@@ -58,7 +56,7 @@ func main() {
 		os.Exit(3)
 	}()
 
-	limit, err := raiseNoFile()
+	limit, err := procstat.RaiseNoFile()
 	if err != nil {
 		fatalf("raising RLIMIT_NOFILE: %v", err)
 	}
@@ -75,8 +73,8 @@ func main() {
 		fatalf("warm-up: %v", err)
 	}
 	before := settle(*pid, *settleMax, deadline)
-	fdBefore := countFDs(*pid)
-	fmt.Printf("before: VmRSS %d KiB (RssAnon %d KiB), %d fds\n", before.rss, before.anon, fdBefore)
+	fdBefore := procstat.CountFDs(*pid)
+	fmt.Printf("before: VmRSS %d KiB (RssAnon %d KiB), %d fds\n", before.RSS, before.Anon, fdBefore)
 
 	// Open n connections, one request each, keep them.
 	conns := make([]net.Conn, *n)
@@ -121,17 +119,17 @@ func main() {
 	}
 
 	after := settle(*pid, *settleMax, deadline)
-	fdAfter := countFDs(*pid)
+	fdAfter := procstat.CountFDs(*pid)
 	alive, dead := probe(conns)
 	ok := done.Load()
-	perConn := float64(after.rss-before.rss) / float64(ok)
-	perConnAnon := float64(after.anon-before.anon) / float64(ok)
+	perConn := float64(after.RSS-before.RSS) / float64(ok)
+	perConnAnon := float64(after.Anon-before.Anon) / float64(ok)
 	fmt.Printf("after:  VmRSS %d KiB (RssAnon %d KiB), %d fds (+%d), settled in %v over %d samples\n",
-		after.rss, after.anon, fdAfter, fdAfter-fdBefore, after.took.Round(time.Millisecond), after.samples)
+		after.RSS, after.Anon, fdAfter, fdAfter-fdBefore, after.Took.Round(time.Millisecond), after.Samples)
 	fmt.Printf("still open at the end: %d, closed by the proxy: %d\n", alive, dead)
 	fmt.Printf("per idle connection: %.2f KiB VmRSS (%.2f KiB RssAnon)\n", perConn, perConnAnon)
 	fmt.Printf("RESULT label=%s n=%d ok=%d alive=%d rss_before_kib=%d rss_after_kib=%d per_conn_kib=%.2f anon_per_conn_kib=%.2f fds_delta=%d open_s=%.2f stable=%t\n",
-		*label, *n, ok, alive, before.rss, after.rss, perConn, perConnAnon, fdAfter-fdBefore, openTime.Seconds(), after.stable && before.stable)
+		*label, *n, ok, alive, before.RSS, after.RSS, perConn, perConnAnon, fdAfter-fdBefore, openTime.Seconds(), after.Stable && before.Stable)
 	for _, c := range conns {
 		if c != nil {
 			c.Close()
@@ -147,19 +145,13 @@ func fatalf(format string, a ...any) {
 	os.Exit(1)
 }
 
-// raiseNoFile sets the RLIMIT_NOFILE soft limit to the hard limit and returns it.
-func raiseNoFile() (uint64, error) {
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-		return 0, err
+// settle waits for the proxy's RSS to settle (procstat.Settle); it exits if the proxy cannot be read.
+func settle(pid int, maxWait time.Duration, deadline time.Time) procstat.Reading {
+	r, err := procstat.Settle(pid, maxWait, deadline)
+	if err != nil {
+		fatalf("%v", err)
 	}
-	if rl.Cur < rl.Max {
-		rl.Cur = rl.Max
-		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-			return 0, err
-		}
-	}
-	return rl.Cur, nil
+	return r
 }
 
 func doWarmup(addr string, req []byte, total int) error {
@@ -238,110 +230,6 @@ func minTime(a, b time.Time) time.Time {
 		return a
 	}
 	return b
-}
-
-type memReading struct {
-	rss, anon int64 // KiB
-	took      time.Duration
-	samples   int
-	stable    bool
-}
-
-// settle samples the RSS every 250ms until the last 8 samples (2s) lie within max(64 KiB, 0.2%), or until maxWait.
-// It returns the median of the final window.
-func settle(pid int, maxWait time.Duration, deadline time.Time) memReading {
-	const window = 8
-	start := time.Now()
-	var rss, anon []int64
-	for {
-		r, a, err := readRSS(pid)
-		if err != nil {
-			fatalf("reading memory of pid %d: %v", pid, err)
-		}
-		rss, anon = append(rss, r), append(anon, a)
-		if len(rss) >= window {
-			w := rss[len(rss)-window:]
-			lo, hi := w[0], w[0]
-			for _, v := range w {
-				lo, hi = min(lo, v), max(hi, v)
-			}
-			tol := int64(64)
-			if t := hi / 500; t > tol {
-				tol = t
-			}
-			elapsed := time.Since(start)
-			if hi-lo <= tol || elapsed >= maxWait || time.Until(deadline) < 2*time.Second {
-				return memReading{
-					rss: median(w), anon: median(anon[len(anon)-window:]),
-					took: elapsed, samples: len(rss), stable: hi-lo <= tol,
-				}
-			}
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-}
-
-func median(v []int64) int64 {
-	s := append([]int64(nil), v...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[len(s)/2]
-}
-
-// readRSS returns VmRSS and RssAnon (KiB) summed over pid and its descendants.
-func readRSS(pid int) (rss, anon int64, err error) {
-	pids := append([]int{pid}, descendants(pid)...)
-	for i, p := range pids {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
-		if err != nil {
-			if i == 0 {
-				return 0, 0, err
-			}
-			continue // a child that just exited
-		}
-		for _, line := range strings.Split(string(b), "\n") {
-			f := strings.Fields(line)
-			if len(f) < 2 {
-				continue
-			}
-			v, _ := strconv.ParseInt(f[1], 10, 64)
-			switch f[0] {
-			case "VmRSS:":
-				rss += v
-			case "RssAnon:":
-				anon += v
-			}
-		}
-	}
-	return rss, anon, nil
-}
-
-func descendants(pid int) []int {
-	var out []int
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-	for _, t := range tasks {
-		b, err := os.ReadFile(t)
-		if err != nil {
-			continue
-		}
-		for _, f := range strings.Fields(string(b)) {
-			if c, err := strconv.Atoi(f); err == nil {
-				out = append(out, c)
-				out = append(out, descendants(c)...)
-			}
-		}
-	}
-	return out
-}
-
-func countFDs(pid int) int {
-	n := 0
-	for _, p := range append([]int{pid}, descendants(pid)...) {
-		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p))
-		if err == nil {
-			n += len(ents)
-		}
-	}
-	return n
 }
 
 // probe checks, without blocking, whether each connection is still open: recv(MSG_PEEK|MSG_DONTWAIT) gives EAGAIN

@@ -4,128 +4,22 @@ import (
 	"bufio"
 	"fmt"
 	"os"
-	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/sluicelb/sluice/scripts/bench/internal/procstat"
 )
 
-// raiseNoFile sets the RLIMIT_NOFILE soft limit to the hard limit and returns it.
-func raiseNoFile() (uint64, error) {
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-		return 0, err
+// settle waits for the proxy's RSS to settle (procstat.Settle, the same rule as scripts/bench/idleconns, with no
+// deadline: the run has its own overall bound); it exits if the proxy cannot be read.
+func settle(pid int, maxWait time.Duration) procstat.Reading {
+	r, err := procstat.Settle(pid, maxWait, time.Time{})
+	if err != nil {
+		fatalf("%v", err)
 	}
-	if rl.Cur < rl.Max {
-		rl.Cur = rl.Max
-		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-			return 0, err
-		}
-	}
-	return rl.Cur, nil
-}
-
-type memReading struct {
-	rss, anon int64 // KiB
-	took      time.Duration
-	samples   int
-	stable    bool
-}
-
-// settle samples the RSS every 250ms until the last 8 samples (2s) lie within max(64 KiB, 0.2%), or until maxWait.
-// It returns the median of the final window. (Same rule as scripts/bench/idleconns.)
-func settle(pid int, maxWait time.Duration) memReading {
-	const window = 8
-	start := time.Now()
-	var rss, anon []int64
-	for {
-		r, a, err := readRSS(pid)
-		if err != nil {
-			fatalf("reading memory of pid %d: %v", pid, err)
-		}
-		rss, anon = append(rss, r), append(anon, a)
-		if len(rss) >= window {
-			w := rss[len(rss)-window:]
-			lo, hi := w[0], w[0]
-			for _, v := range w {
-				lo, hi = min(lo, v), max(hi, v)
-			}
-			tol := max(int64(64), hi/500)
-			elapsed := time.Since(start)
-			if hi-lo <= tol || elapsed >= maxWait {
-				return memReading{
-					rss: median(w), anon: median(anon[len(anon)-window:]),
-					took: elapsed, samples: len(rss), stable: hi-lo <= tol,
-				}
-			}
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-}
-
-func median(v []int64) int64 {
-	s := append([]int64(nil), v...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[len(s)/2]
-}
-
-// readRSS returns VmRSS and RssAnon (KiB) summed over pid and its descendants.
-func readRSS(pid int) (rss, anon int64, err error) {
-	pids := append([]int{pid}, descendants(pid)...)
-	for i, p := range pids {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
-		if err != nil {
-			if i == 0 {
-				return 0, 0, err
-			}
-			continue // a child that just exited
-		}
-		for _, line := range strings.Split(string(b), "\n") {
-			f := strings.Fields(line)
-			if len(f) < 2 {
-				continue
-			}
-			v, _ := strconv.ParseInt(f[1], 10, 64)
-			switch f[0] {
-			case "VmRSS:":
-				rss += v
-			case "RssAnon:":
-				anon += v
-			}
-		}
-	}
-	return rss, anon, nil
-}
-
-func descendants(pid int) []int {
-	var out []int
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-	for _, t := range tasks {
-		b, err := os.ReadFile(t)
-		if err != nil {
-			continue
-		}
-		for _, f := range strings.Fields(string(b)) {
-			if c, err := strconv.Atoi(f); err == nil {
-				out = append(out, c)
-				out = append(out, descendants(c)...)
-			}
-		}
-	}
-	return out
-}
-
-func countFDs(pid int) int {
-	n := 0
-	for _, p := range append([]int{pid}, descendants(pid)...) {
-		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p))
-		if err == nil {
-			n += len(ents)
-		}
-	}
-	return n
+	return r
 }
 
 func threads(pid int) int {
@@ -236,7 +130,7 @@ func procTicks(pid int) int64 {
 		return 0
 	}
 	var sum int64
-	for _, p := range append([]int{pid}, descendants(pid)...) {
+	for _, p := range append([]int{pid}, procstat.Descendants(pid)...) {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
 		if err != nil {
 			continue

@@ -17,6 +17,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/sluicelb/sluice/scripts/bench/internal/procstat"
 )
 
 type runFlags struct {
@@ -67,7 +69,7 @@ func runMain(args []string) {
 		fmt.Fprintln(os.Stderr, "queuebench run: overall timeout")
 		os.Exit(3)
 	}()
-	limit, err := raiseNoFile()
+	limit, err := procstat.RaiseNoFile()
 	if err != nil {
 		fatalf("raising RLIMIT_NOFILE: %v", err)
 	}
@@ -216,13 +218,13 @@ func runQueue(f runFlags, ctl *controller) {
 	fmt.Printf("%s: backend holding; queueing %d requests behind maxconn %d\n", f.label, f.n, f.maxconn)
 
 	measureMem := f.mem && f.pid > 0
-	var before memReading
+	var before procstat.Reading
 	var fdBefore int
 	if measureMem {
 		before = settle(f.pid, f.settleMax)
-		fdBefore = countFDs(f.pid)
+		fdBefore = procstat.CountFDs(f.pid)
 		fmt.Printf("before: VmRSS %d KiB (RssAnon %d KiB), %d fds, %d threads, settled=%t in %v\n",
-			before.rss, before.anon, fdBefore, threads(f.pid), before.stable, before.took.Round(time.Millisecond))
+			before.RSS, before.Anon, fdBefore, threads(f.pid), before.Stable, before.Took.Round(time.Millisecond))
 	}
 
 	// Fill: one connection per request, each sends its GET and a goroutine waits for the response.
@@ -310,13 +312,13 @@ func runQueue(f runFlags, ctl *controller) {
 		}
 	}
 
-	var after memReading
+	var after procstat.Reading
 	var fdAfter int
 	if measureMem {
 		after = settle(f.pid, f.settleMax)
-		fdAfter = countFDs(f.pid)
+		fdAfter = procstat.CountFDs(f.pid)
 		fmt.Printf("after:  VmRSS %d KiB (RssAnon %d KiB), %d fds (+%d), %d threads, settled=%t in %v\n",
-			after.rss, after.anon, fdAfter, fdAfter-fdBefore, threads(f.pid), after.stable, after.took.Round(time.Millisecond))
+			after.RSS, after.Anon, fdAfter, fdAfter-fdBefore, threads(f.pid), after.Stable, after.Took.Round(time.Millisecond))
 		bs2 := ctl.call("/stats")
 		if bs2.Received != bs.Received {
 			fmt.Printf("WARNING: the backend received %d more requests while the RSS settled\n", bs2.Received-bs.Received)
@@ -358,7 +360,7 @@ func runQueue(f runFlags, ctl *controller) {
 	}
 	var rssEnd int64
 	if measureMem {
-		rssEnd, _, _ = readRSS(f.pid)
+		rssEnd, _, _ = procstat.RSS(f.pid)
 	}
 
 	for i, c := range conns {
@@ -380,8 +382,8 @@ func runQueue(f runFlags, ctl *controller) {
 	d.print()
 	perReq, perReqAnon := math.NaN(), math.NaN()
 	if measureMem {
-		perReq = float64(after.rss-before.rss) / float64(f.n)
-		perReqAnon = float64(after.anon-before.anon) / float64(f.n)
+		perReq = float64(after.RSS-before.RSS) / float64(f.n)
+		perReqAnon = float64(after.Anon-before.Anon) / float64(f.n)
 		fmt.Printf("per queued request: %.2f KiB VmRSS (%.2f KiB RssAnon); VmRSS after the drain %d KiB\n", perReq, perReqAnon, rssEnd)
 	}
 	fmt.Printf("RESULT label=%s mode=queue n=%d maxconn=%d opened=%d queued=%t fill_s=%.2f queued_s=%.2f early=%d proxy_queue=%s "+
@@ -389,7 +391,7 @@ func runQueue(f runFlags, ctl *controller) {
 		"ok=%d non200=%d errors=%d hung=%d drain_s=%.3f backend_requests=%d backend_conns=%d max_active=%d "+
 		"proxy_cpu=%.0f backend_cpu=%.0f client_cpu=%.0f other_cpu=%.0f %s\n",
 		f.label, f.n, f.maxconn, opened, queued, fillTime.Seconds(), queuedTime.Seconds(), early.Load(), orDash(proxyQ),
-		before.rss, after.rss, rssEnd, perReq, perReqAnon, fdAfter-fdBefore, before.stable && after.stable,
+		before.RSS, after.RSS, rssEnd, perReq, perReqAnon, fdAfter-fdBefore, before.Stable && after.Stable,
 		ok, non200, errs, hung, drain.Seconds(), bsEnd.Received, bsEnd.Accepted, bsEnd.MaxActive,
 		proxyCPU, backendCPU, clientCPU, otherCPU, d.kv())
 	if ok != f.n || !queued || bsEnd.MaxActive > int64(f.maxconn) {
