@@ -127,6 +127,10 @@ type server struct {
 	be   *backend
 	addr string
 	pool idlePool
+
+	admin atomic.Int32 // queue.State set by the operator: up (ready), drain or maint
+	down  atomic.Bool  // health checks failed
+	check *checker     // nil without `check`
 }
 
 // New builds a proxy from a configuration without opening any socket.
@@ -216,7 +220,12 @@ func (p *Proxy) SetServerState(backend, server string, st queue.State) error {
 		}
 		for _, s := range be.servers {
 			if s.q.Name == server {
-				be.q.SetServerState(s.q, st)
+				if st == queue.StateDown {
+					s.down.Store(true) // as a failed health check would
+				} else {
+					s.admin.Store(int32(st))
+				}
+				s.apply()
 				return nil
 			}
 		}
@@ -270,13 +279,24 @@ func newBackend(bc *config.Backend) (*backend, error) {
 			Name: sc.Name, Addr: sc.Addr, Weight: sc.Weight,
 			MaxConn: sc.MaxConn, MinConn: sc.MinConn, MaxQueue: sc.MaxQueue, Backup: sc.Backup,
 		}
+		srv := &server{q: qsrv, be: be, addr: sc.Addr}
 		if sc.Disabled {
 			qsrv.SetState(queue.StateMaint)
+			srv.admin.Store(int32(queue.StateMaint))
 		}
 		qs = append(qs, qsrv)
-		be.servers = append(be.servers, &server{q: qsrv, be: be, addr: sc.Addr})
+		be.servers = append(be.servers, srv)
 	}
 	be.q = queue.NewBackend(bc.Name, qs, bal, tq)
+	for i, sc := range bc.Servers {
+		if sc.Check {
+			c, err := newChecker(be, be.servers[i], sc)
+			if err != nil {
+				return nil, err
+			}
+			be.servers[i].check = c
+		}
+	}
 	be.q.Redispatch = bc.Options.Redispatch
 	return be, nil
 }
@@ -425,6 +445,13 @@ func (p *Proxy) Serve(ctx context.Context, access io.Writer, grace time.Duration
 		}
 	}
 	go p.purgeLoop()
+	for _, be := range p.backends {
+		for _, s := range be.servers {
+			if s.check != nil {
+				go s.check.run(p)
+			}
+		}
+	}
 	<-ctx.Done()
 	p.closing.Store(true)
 	close(p.stop)
