@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -24,6 +26,7 @@ import (
 const demoConfig = `# sluice demo: the seed configs, on loopback.
 global
     maxconn 256
+    stats socket %s mode 600 level admin
 
 defaults
     log     global
@@ -86,7 +89,8 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		go srv.Serve(ln)
 		addrs = append(addrs, ln.Addr().String())
 	}
-	text := fmt.Sprintf(demoConfig, *listen, addrs[0], addrs[1], addrs[2], addrs[3])
+	sock := filepath.Join(os.TempDir(), fmt.Sprintf("sluice-demo-%d.sock", os.Getpid()))
+	text := fmt.Sprintf(demoConfig, sock, *listen, addrs[0], addrs[1], addrs[2], addrs[3])
 	if *printCfg {
 		fmt.Fprint(stdout, text)
 		return nil
@@ -113,8 +117,10 @@ Try, in another terminal:
   curl -s -H 'Content-Length: 5' -H 'Transfer-Encoding: chunked' -d hello %s/   # refused: 400
   hey -n 2000 -c 200 '%s/slow?ms=50'  # more clients than maxconn: they queue
   curl -s %s/metrics | grep queue      # Prometheus metrics: queues, sessions, limits
+  go run ./cmd/sluice ctl -S %s show stat          # runtime API (HAProxy's stats socket)
+  go run ./cmd/sluice ctl -S %s disable server servers/web2
 The access log follows on stderr. Ctrl-C stops everything.
-`, actual, strings.Join(addrs, ", "), base, base, base, base, base, base, base, base, base)
+`, actual, strings.Join(addrs, ", "), base, base, base, base, base, base, base, base, base, sock, sock)
 	err = serve(ctx, cfg, p, log, stderr, 2*time.Second)
 	return err
 }

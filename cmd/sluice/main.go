@@ -13,12 +13,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"runtime/pprof"
 	"runtime/trace"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -27,6 +29,7 @@ import (
 
 	"github.com/sluicelb/sluice/pkg/config"
 	"github.com/sluicelb/sluice/pkg/metrics"
+	"github.com/sluicelb/sluice/userspace/admin"
 	"github.com/sluicelb/sluice/userspace/proxy"
 )
 
@@ -65,6 +68,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		case "version":
 			fmt.Fprintln(stdout, "sluice", version)
 			return nil
+		case "ctl":
+			return runCtl(args[1:], stdout, stderr)
 		}
 	}
 	fs := flag.NewFlagSet("sluice", flag.ContinueOnError)
@@ -204,10 +209,52 @@ func printErrors(w io.Writer, err error) {
 	fmt.Fprintf(w, "[ALERT] %v\n", err)
 }
 
-// serve runs a proxy whose listeners are open until ctx is done.
+// serve runs a proxy whose listeners are open until ctx is done, with its
+// runtime API sockets.
 func serve(ctx context.Context, cfg *config.Config, p *proxy.Proxy, log *slog.Logger, stderr io.Writer, grace time.Duration) error {
+	var admins sync.WaitGroup
+	actx, stopAdmin := context.WithCancel(context.Background())
+	defer func() { stopAdmin(); admins.Wait() }()
+	for _, ss := range cfg.Global.StatsSockets {
+		a, err := admin.Listen(ss, p, version, log)
+		if err != nil {
+			return err
+		}
+		admins.Add(1)
+		go func() { defer admins.Done(); a.Serve(actx) }()
+		log.Info("runtime API listening", "socket", ss.Path, "level", ss.Level, "mode", fmt.Sprintf("%o", ss.Mode))
+	}
 	log.Info("sluice started", "version", version, "frontends", len(cfg.Frontends), "backends", len(cfg.Backends), "pid", os.Getpid())
 	err := p.Serve(ctx, stderr, grace)
 	log.Info("sluice stopped")
+	return err
+}
+
+// runCtl sends one command line to a runtime API socket and prints the
+// answer: `sluice ctl [-S PATH] show stat`.
+func runCtl(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("sluice ctl", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("S", "/run/sluice/admin.sock", "runtime API `socket` (a 'stats socket' of the configuration)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return usageError{err}
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprintln(stderr, "usage: sluice ctl [-S SOCKET] COMMAND...   (try: sluice ctl help)")
+		return usageError{errors.New("no command")}
+	}
+	c, err := net.DialTimeout("unix", *path, 5*time.Second)
+	if err != nil {
+		return fmt.Errorf("runtime API: %w", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.WriteString(c, strings.Join(fs.Args(), " ")+"\n"); err != nil {
+		return fmt.Errorf("runtime API: %w", err)
+	}
+	_, err = io.Copy(stdout, c)
 	return err
 }

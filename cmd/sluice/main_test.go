@@ -76,11 +76,15 @@ func TestDemo(t *testing.T) {
 		pw.Close()
 	}()
 	sc := bufio.NewScanner(pr)
-	var base string
+	var base, sock string
 	re := regexp.MustCompile(`balancer on (127\.0\.0\.1:\d+)`)
+	sockRe := regexp.MustCompile(`ctl -S (\S+) show stat`)
 	for sc.Scan() {
 		if m := re.FindStringSubmatch(sc.Text()); m != nil {
 			base = "http://" + m[1]
+		}
+		if m := sockRe.FindStringSubmatch(sc.Text()); m != nil {
+			sock = m[1]
 			break
 		}
 	}
@@ -118,6 +122,14 @@ func TestDemo(t *testing.T) {
 	res.Body.Close()
 	if got := res.Header.Get("X-Served-By"); got != "ws1" {
 		t.Errorf("/websockets went to %q, want ws1", got)
+	}
+	// The runtime API printed in the instructions works with sluice ctl.
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"ctl", "-S", sock, "show", "stat"}, &out, io.Discard); err != nil {
+		t.Fatalf("sluice ctl: %v", err)
+	}
+	if !strings.Contains(out.String(), "servers,web1,") {
+		t.Errorf("sluice ctl show stat:\n%s", out.String())
 	}
 	cancel()
 	select {

@@ -67,6 +67,16 @@ type Global struct {
 	Logs          []Log
 	HardStopAfter time.Duration // `hard-stop-after`; 0 = wait for connections forever
 	NbThread      int           // `nbthread`: event loops serving connections; 0 = one per CPU
+	StatsSockets  []StatsSocket // `stats socket`: the runtime API
+}
+
+// StatsSocket is a `stats socket PATH [mode M] [level L]` line: a unix
+// socket serving the runtime API.
+type StatsSocket struct {
+	Pos   Pos
+	Path  string
+	Mode  uint32 // file mode, 0600 by default
+	Level string // user, operator (default) or admin
 }
 
 // Log is a `log` line; sluice accepts it and logs to stderr.

@@ -214,24 +214,20 @@ func (fe *frontend) routesTo(name string) bool {
 // runtime API and health checks. Requests queued on a server leaving service
 // go to the others when the backend has option redispatch.
 func (p *Proxy) SetServerState(backend, server string, st queue.State) error {
-	for _, be := range p.backends {
-		if be.name != backend {
-			continue
-		}
-		for _, s := range be.servers {
-			if s.q.Name == server {
-				if st == queue.StateDown {
-					s.down.Store(true) // as a failed health check would
-				} else {
-					s.admin.Store(int32(st))
-				}
-				s.apply()
-				return nil
-			}
-		}
-		return fmt.Errorf("no server '%s' in backend '%s'", server, backend)
+	s, err := p.findServer(backend, server)
+	if err != nil {
+		return err
 	}
-	return fmt.Errorf("no backend '%s'", backend)
+	if st == queue.StateDown {
+		s.down.Store(true) // as a failed health check would
+	} else {
+		s.admin.Store(int32(st))
+		if st == queue.StateUp && s.check == nil {
+			s.down.Store(false) // no health check to bring it back
+		}
+	}
+	s.apply()
+	return nil
 }
 
 func newBackend(bc *config.Backend) (*backend, error) {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/sluicelb/sluice/userspace/queue"
@@ -95,4 +96,58 @@ func (p *Proxy) Stats() Stats {
 		st.Backends = append(st.Backends, bs)
 	}
 	return st
+}
+
+// findServer returns the server backend/name.
+func (p *Proxy) findServer(backend, name string) (*server, error) {
+	for _, be := range p.backends {
+		if be.name != backend {
+			continue
+		}
+		for _, s := range be.servers {
+			if s.q.Name == name {
+				return s, nil
+			}
+		}
+		return nil, fmt.Errorf("no such server '%s' in backend '%s'", name, backend)
+	}
+	return nil, fmt.Errorf("no such backend '%s'", backend)
+}
+
+// SetServerWeight sets a server's weight (0..256).
+func (p *Proxy) SetServerWeight(backend, name string, w int) error {
+	s, err := p.findServer(backend, name)
+	if err != nil {
+		return err
+	}
+	if w < 0 || w > 256 {
+		return fmt.Errorf("weight %d out of range 0..256", w)
+	}
+	s.be.q.SetWeight(s.q, w)
+	return nil
+}
+
+// SetServerMaxConn sets a server's maxconn (0: unlimited).
+func (p *Proxy) SetServerMaxConn(backend, name string, n int) error {
+	s, err := p.findServer(backend, name)
+	if err != nil {
+		return err
+	}
+	if n < 0 {
+		return fmt.Errorf("maxconn %d is negative", n)
+	}
+	s.be.q.SetMaxConn(s.q, n)
+	return nil
+}
+
+// ClearCounters resets the maximums (queue and sessions), as HAProxy's
+// `clear counters`.
+func (p *Proxy) ClearCounters() {
+	for _, be := range p.backends {
+		be.q.QueueMax.Store(be.q.QueueCur.Load())
+		for _, s := range be.servers {
+			s.q.Max.Store(s.q.Cur.Load())
+			s.q.QueueMax.Store(s.q.QueueCur.Load())
+		}
+	}
 }

@@ -426,3 +426,22 @@ func (b *Backend) TryAcquire(key uint64) *Server {
 	b.grant(s)
 	return s
 }
+
+// SetWeight changes a server's weight (0 takes it out of load balancing
+// without marking it down, as HAProxy's drain does).
+func (b *Backend) SetWeight(s *Server, w int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s.Weight, s.effW, s.current = w, w, 0
+	b.dispatch(s)
+}
+
+// SetMaxConn changes a server's maxconn; a raised limit serves queued
+// requests at once.
+func (b *Backend) SetMaxConn(s *Server, n int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s.MaxConn = n
+	b.updateLimits()
+	b.dispatch(s)
+}
