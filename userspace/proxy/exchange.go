@@ -16,6 +16,11 @@ var ctxNone = context.Background()
 // one write.
 const coalesce = 8 << 10
 
+// earlyResponseGrace is how long a response that arrives before the
+// request body is fully sent waits for the upload to finish before the
+// client connection is marked for closing.
+const earlyResponseGrace = 50 * time.Millisecond
+
 // uploader streams the rest of a request body from the client to the server
 // while the response is awaited, so that 100-continue and early responses
 // work.
@@ -146,11 +151,17 @@ func (s *session) exchange(be *backend, srv *server, uc *upConn, tm *timings) (o
 	}
 
 	if up != nil {
+		// The response head came while the body was still going up: it
+		// is usually the last bytes being reported, so give the uploader
+		// a moment; a server that answered early, without reading the
+		// body, leaves it pending and the connection closes after.
+		t := time.NewTimer(earlyResponseGrace)
 		select {
 		case uploadErr = <-up.done:
 			up, uploadOK = nil, uploadErr == nil
-		default:
+		case <-t.C:
 		}
+		t.Stop()
 	}
 	var pending func() bool
 	if up != nil {
