@@ -25,6 +25,7 @@ func (p *parser) build() *Config {
 				ACLs:              px.acls,
 				UseBackends:       px.useBackends,
 				HTTPRules:         px.httpRules,
+				Stats:             px.stats,
 				DefaultBackend:    px.defBackend,
 				DefaultBackendPos: px.defBackendPos,
 			}

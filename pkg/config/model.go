@@ -151,6 +151,14 @@ type UseBackend struct {
 	Cond    *Cond // nil = unconditional
 }
 
+// StatsPage is a proxy's `stats enable`, `stats uri` and `stats refresh`.
+type StatsPage struct {
+	Pos     Pos
+	Enable  bool
+	URI     string // prefix of the page's path; "/haproxy?stats" by default
+	Refresh time.Duration
+}
+
 // HTTPRule is an `http-request ACTION [args] [if|unless COND]` rule of a
 // frontend, evaluated in order before use_backend.
 type HTTPRule struct {
@@ -174,7 +182,8 @@ type Frontend struct {
 	ACLs              []ACL
 	UseBackends       []UseBackend
 	HTTPRules         []HTTPRule
-	DefaultBackend    string // name; for a listen section, its own name
+	Stats             StatsPage // stats enable/uri/refresh
+	DefaultBackend    string    // name; for a listen section, its own name
 	DefaultBackendPos Pos
 }
 

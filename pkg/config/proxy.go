@@ -77,6 +77,7 @@ type proxy struct {
 	defBackendPos Pos
 	defServer     Server // default-server settings
 	checkExpect   *CheckExpect
+	stats         StatsPage
 
 	// Not inherited.
 	binds       []Bind
@@ -122,6 +123,7 @@ func (d *proxy) inherit() *proxy {
 		defBackendPos: d.defBackendPos,
 		defServer:     d.defServer,
 		checkExpect:   d.checkExpect,
+		stats:         d.stats,
 	}
 	px.defServer.Source = cloneSource(d.defServer.Source)
 	return px
@@ -242,6 +244,8 @@ func (p *parser) proxyStmt(pos Pos, words []string) {
 		p.httpRequest(st)
 	case "http-check":
 		p.httpCheck(st)
+	case "stats":
+		p.statsProxy(st)
 	default:
 		p.warnf(pos, "'%s' is not supported yet, ignored", kw)
 	}
@@ -461,6 +465,42 @@ func (p *parser) httpCheck(st *stmt) {
 		}
 	}
 	st.px.checkExpect = ce
+}
+
+// statsProxy reads `stats enable`, `stats uri URI` and `stats refresh T`;
+// the other stats directives warn.
+func (p *parser) statsProxy(st *stmt) {
+	sp := &st.px.stats
+	switch st.args[0] {
+	case "enable":
+		sp.Enable = true
+		if sp.URI == "" {
+			sp.URI = "/haproxy?stats" // HAProxy's default
+		}
+	case "uri":
+		if len(st.args) != 2 || !strings.HasPrefix(st.args[1], "/") {
+			p.errorf(st.pos, "'stats uri' expects one URI prefix starting with '/'")
+			return
+		}
+		sp.Enable, sp.URI = true, st.args[1]
+	case "refresh":
+		if len(st.args) != 2 {
+			p.errorf(st.pos, "'stats refresh' expects a time, e.g. 'stats refresh 10s'")
+			return
+		}
+		d, err := parseTime(st.args[1])
+		if err != nil {
+			p.errorf(st.pos, "invalid time '%s' for 'stats refresh': %v", st.args[1], err)
+			return
+		}
+		sp.Refresh = d
+	default:
+		p.warnf(st.pos, "'stats %s' is not supported yet, ignored", st.args[0])
+		return
+	}
+	if sp.Pos.Line == 0 {
+		sp.Pos = st.pos
+	}
 }
 
 // condition reads "if|unless TERMS..." as found after a rule.

@@ -182,6 +182,9 @@ func startProxy(t testing.TB, cfg string, logBuf io.Writer, backends ...*testBac
 		t.Fatalf("proxy: %v", err)
 	}
 	p.Loops = testLoops
+	if beforeServe != nil {
+		beforeServe(p)
+	}
 	if err := p.Listen(); err != nil {
 		t.Fatal(err)
 	}
@@ -340,3 +343,7 @@ func bothPaths(t *testing.T, f func(t *testing.T)) {
 }
 
 func configParse(text string) (*config.Config, error) { return config.Parse("test.cfg", []byte(text)) }
+
+// beforeServe, when set, adjusts the proxy startProxy builds (hooks such as
+// the stats page renderer).
+var beforeServe func(*Proxy)

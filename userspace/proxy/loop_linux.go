@@ -511,7 +511,7 @@ func (lp *loop) request(s *session) bool {
 		bodyLen = req.ContentLength
 	}
 	if req.Chunked || req.Expect100 || req.Upgrade || int64(st.w-st.r-req.HeadLen) < bodyLen || lp.p.closing.Load() ||
-		(len(fe.rules) > 0 && fe.matchRule(req) != nil) {
+		(len(fe.rules) > 0 && fe.matchRule(req) != nil) || fe.isStats(req) {
 		lp.delegate(s, s.handle)
 		return false
 	}

@@ -63,6 +63,9 @@ type Proxy struct {
 	// `http-request use-service prometheus-exporter` (set by the caller,
 	// who owns the registry); nil answers 503.
 	Metrics func() (body []byte, contentType string, err error)
+	// StatsPage renders the stats page (HTML, or HAProxy CSV) for frontends
+	// with `stats enable`/`stats uri`; set by the caller; nil answers 503.
+	StatsPage func(csv bool, refresh time.Duration) (body []byte, contentType string, err error)
 }
 
 // httpRule is a compiled http-request rule: deny, or the Prometheus

@@ -696,3 +696,36 @@ func testClientHalfClose(t *testing.T) {
 		}
 	}
 }
+
+// stats uri answers the stats page (HTML, or CSV with ;csv) in the
+// frontend; the server never sees those requests.
+func TestStatsURI(t *testing.T) { bothPaths(t, testStatsURI) }
+
+func testStatsURI(t *testing.T) {
+	b := newTestBackend(t, "s1", nil)
+	beforeServe = func(p *Proxy) {
+		p.StatsPage = func(csv bool, refresh time.Duration) ([]byte, string, error) {
+			if csv {
+				return []byte("# pxname,svname\n"), "text/csv", nil
+			}
+			return []byte("<html>stats refresh=" + refresh.String() + "</html>"), "text/html", nil
+		}
+	}
+	defer func() { beforeServe = nil }()
+	cfg := strings.Replace(basicCfg, "frontend fe", "frontend fe\n    stats uri /stats\n    stats refresh 5s", 1)
+	addr := startProxy(t, cfg+"    server s1 {s1}\n", nil, b)
+	c := dial(t, addr)
+	res, body := c.get(t, "/stats")
+	if res.StatusCode != 200 || res.Header.Get("Content-Type") != "text/html" || body != "<html>stats refresh=5s</html>" {
+		t.Fatalf("stats page: %d %s %q", res.StatusCode, res.Header.Get("Content-Type"), body)
+	}
+	if res, body := c.get(t, "/stats;csv"); res.Header.Get("Content-Type") != "text/csv" || !strings.HasPrefix(body, "# pxname") {
+		t.Fatalf("stats csv: %s %q", res.Header.Get("Content-Type"), body)
+	}
+	if res, body := c.get(t, "/app"); res.StatusCode != 200 || body != "hello from s1\n" {
+		t.Fatalf("other paths still reach the server: %d %q", res.StatusCode, body)
+	}
+	if n := b.requests.Load(); n != 1 {
+		t.Fatalf("server saw %d requests, want only /app", n)
+	}
+}

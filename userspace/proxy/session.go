@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -258,6 +259,16 @@ func (s *session) handle() bool {
 	if rule := s.fe.matchRule(req); rule != nil {
 		return s.applyRule(rule, &tm)
 	}
+	if s.fe.isStats(req) {
+		csv := bytes.Contains(req.Target, []byte(";csv"))
+		refresh := s.fe.cfg.Stats.Refresh
+		return s.respondLocal(func() ([]byte, string, error) {
+			if s.p.StatsPage == nil {
+				return nil, "", errors.New("no stats page renderer")
+			}
+			return s.p.StatsPage(csv, refresh)
+		}, &tm)
+	}
 	bi := s.fe.router.Route(req)
 	if bi < 0 {
 		s.fail(503, tm.start, termNoS, nil)
@@ -275,6 +286,12 @@ func (s *session) handle() bool {
 	return keep
 }
 
+// isStats reports whether req asks for the frontend's stats page.
+func (fe *frontend) isStats(req *h1.Request) bool {
+	sp := &fe.cfg.Stats
+	return sp.Enable && bytes.HasPrefix(req.Target, []byte(sp.URI))
+}
+
 // matchRule returns the first http-request rule whose condition matches.
 func (fe *frontend) matchRule(req *h1.Request) *httpRule {
 	for i := range fe.rules {
@@ -288,21 +305,27 @@ func (fe *frontend) matchRule(req *h1.Request) *httpRule {
 // applyRule answers a request an http-request rule takes: deny, or the
 // Prometheus exporter.
 func (s *session) applyRule(rule *httpRule, tm *timings) bool {
-	st := s.st
-	req := &st.req
 	if rule.deny {
 		s.fail(rule.status, tm.start, termPR, nil)
 		return false
 	}
+	return s.respondLocal(s.p.Metrics, tm)
+}
+
+// respondLocal answers a request with content sluice produces itself (the
+// Prometheus exporter, the stats page): 200, or 503 when render is missing
+// or fails.
+func (s *session) respondLocal(render func() ([]byte, string, error), tm *timings) bool {
+	st := s.st
+	req := &st.req
 	var body []byte
 	ctype := "text/plain"
-	status := 200
-	err := errors.New("no metrics renderer")
-	if s.p.Metrics != nil {
-		body, ctype, err = s.p.Metrics()
+	err := errors.New("nothing to render")
+	if render != nil {
+		body, ctype, err = render()
 	}
 	if err != nil {
-		s.p.log.Error("prometheus exporter", "err", err)
+		s.p.log.Error("local service", "path", string(req.Path), "err", err)
 		s.fail(503, tm.start, termPR, nil)
 		return false
 	}
@@ -323,7 +346,7 @@ func (s *session) applyRule(rule *httpRule, tm *timings) bool {
 	s.c.SetWriteDeadline(time.Now().Add(s.fe.timeoutClient))
 	n, werr := s.io.Write(st.out)
 	tm.total = time.Since(tm.start)
-	s.logRequest(nil, nil, status, int64(n), termOK, *tm)
+	s.logRequest(nil, nil, 200, int64(n), termOK, *tm)
 	return werr == nil && !closeClient
 }
 
