@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages a task needs, only those missing.
-#   scripts/install-deps.sh test    what `go test ./...` needs (gcc for -race, iproute2, curl)
+#   scripts/install-deps.sh test    what CI needs (gcc for -race, iproute2, curl; shellcheck and ruby to check scripts and the Vagrantfile)
 #   scripts/install-deps.sh bench   wrk, haproxy, nginx-light for scripts/bench
 set -euo pipefail
 want=()
 case "${1:-test}" in
-  test)  cmds=(gcc:gcc ip:iproute2 curl:curl) ;;
+  test)  cmds=(gcc:gcc ip:iproute2 curl:curl shellcheck:shellcheck ruby:ruby) ;;
   bench) cmds=(wrk:wrk haproxy:haproxy nginx:nginx-light curl:curl) ;;
   *) echo "usage: $0 test|bench" >&2; exit 2 ;;
 esac

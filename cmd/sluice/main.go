@@ -38,6 +38,12 @@ var version = "0.1.0-dev"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		// The first signal starts a graceful stop; restoring the default
+		// handlers makes a second one end the process at once.
+		<-ctx.Done()
+		stop()
+	}()
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	if err != nil {
@@ -155,6 +161,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if cfg.Global.HardStopAfter > 0 {
 		*grace = cfg.Global.HardStopAfter
 	}
+	// Reload (SIGHUP/SIGUSR2) is not implemented yet: say so rather than
+	// let the default action end the process.
+	reload := make(chan os.Signal, 1)
+	signal.Notify(reload, syscall.SIGHUP, syscall.SIGUSR2)
+	defer signal.Stop(reload)
+	go func() {
+		for sig := range reload {
+			log.Warn("reload is not supported yet: the running configuration stays; restart to apply a new one", "signal", sig.String())
+		}
+	}()
 	return serve(ctx, cfg, p, log, stderr, *grace)
 }
 

@@ -213,47 +213,9 @@ func (s *Server) showInfo(w io.Writer, _ []string) error {
 	return nil
 }
 
-// statFields are HAProxy's `show stat` CSV fields up to "type", in order.
-var statFields = []string{"pxname", "svname", "qcur", "qmax", "scur", "smax", "slim", "stot", "bin", "bout",
-	"dreq", "dresp", "ereq", "econ", "eresp", "wretr", "wredis", "status", "weight", "act", "bck", "chkfail",
-	"chkdown", "lastchg", "downtime", "qlimit", "pid", "iid", "sid", "throttle", "lbtot", "tracked", "type"}
-
 func (s *Server) showStat(w io.Writer, _ []string) error {
-	fmt.Fprintf(w, "# %s,\n", strings.Join(statFields, ","))
-	row := func(kv map[string]string) {
-		vals := make([]string, len(statFields))
-		for i, f := range statFields {
-			vals[i] = kv[f]
-		}
-		fmt.Fprintf(w, "%s,\n", strings.Join(vals, ","))
-	}
-	i := strconv.FormatInt
-	st := s.p.Stats()
-	pid := strconv.Itoa(os.Getpid())
-	for n, f := range st.Frontends {
-		row(map[string]string{"pxname": f.Name, "svname": "FRONTEND", "scur": i(f.CurrSessions, 10), "slim": strconv.Itoa(f.MaxConn),
-			"stot": i(f.Sessions, 10), "status": "OPEN", "pid": pid, "iid": strconv.Itoa(n + 1), "sid": "0", "type": "0"})
-	}
-	for n, b := range st.Backends {
-		act, up := 0, 0
-		for k, v := range b.Servers {
-			if v.State == "UP" {
-				up++
-				act += v.Weight
-			}
-			row(map[string]string{"pxname": b.Name, "svname": v.Name, "qcur": i(v.QueueCur, 10), "qmax": i(v.QueueMax, 10),
-				"scur": i(v.Cur, 10), "smax": i(v.Max, 10), "slim": i(v.Limit, 10), "stot": i(v.Total, 10),
-				"econ": i(v.Failures, 10), "status": v.State, "weight": strconv.Itoa(v.Weight), "act": "1", "bck": "0",
-				"qlimit": strconv.Itoa(v.MaxQueue), "pid": pid, "iid": strconv.Itoa(len(st.Frontends) + n + 1),
-				"sid": strconv.Itoa(k + 1), "lbtot": i(v.Total, 10), "type": "2"})
-		}
-		status := "UP"
-		if up == 0 {
-			status = "DOWN"
-		}
-		row(map[string]string{"pxname": b.Name, "svname": "BACKEND", "qcur": i(b.QueueCur, 10), "qmax": i(b.QueueMax, 10),
-			"scur": i(b.CurrSessions, 10), "stot": i(b.Sessions, 10), "status": status, "weight": strconv.Itoa(act),
-			"act": strconv.Itoa(up), "pid": pid, "iid": strconv.Itoa(len(st.Frontends) + n + 1), "sid": "0", "type": "1"})
+	if err := RenderStatsCSV(w, s.p.Stats()); err != nil {
+		return err
 	}
 	fmt.Fprintln(w)
 	return nil
