@@ -45,6 +45,8 @@ defaults
 frontend public
     bind %s
     http-request use-service prometheus-exporter if { path /metrics }
+    stats uri /stats
+    stats refresh 5s
     acl is_websocket path_beg -i /websockets
     use_backend ws if is_websocket
     default_backend servers
@@ -117,10 +119,11 @@ Try, in another terminal:
   curl -s -H 'Content-Length: 5' -H 'Transfer-Encoding: chunked' -d hello %s/   # refused: 400
   hey -n 2000 -c 200 '%s/slow?ms=50'  # more clients than maxconn: they queue
   curl -s %s/metrics | grep queue      # Prometheus metrics: queues, sessions, limits
+  open %s/stats in a browser           # the stats page (;csv for HAProxy's CSV)
   go run ./cmd/sluice ctl -S %s show stat          # runtime API (HAProxy's stats socket)
   go run ./cmd/sluice ctl -S %s disable server servers/web2
 The access log follows on stderr. Ctrl-C stops everything.
-`, actual, strings.Join(addrs, ", "), base, base, base, base, base, base, base, base, base, sock, sock)
+`, actual, strings.Join(addrs, ", "), base, base, base, base, base, base, base, base, base, base, sock, sock)
 	err = serve(ctx, cfg, p, log, stderr, 2*time.Second)
 	return err
 }

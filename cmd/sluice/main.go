@@ -7,6 +7,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -226,11 +227,23 @@ func printErrors(w io.Writer, err error) {
 }
 
 // serve runs a proxy whose listeners are open until ctx is done, with its
-// runtime API sockets.
+// runtime API sockets and the stats page's history.
 func serve(ctx context.Context, cfg *config.Config, p *proxy.Proxy, log *slog.Logger, stderr io.Writer, grace time.Duration) error {
 	var admins sync.WaitGroup
 	actx, stopAdmin := context.WithCancel(context.Background())
 	defer func() { stopAdmin(); admins.Wait() }()
+	hist := admin.NewHistory(p, 5*time.Second, 120)
+	admins.Add(1)
+	go func() { defer admins.Done(); hist.Run(actx) }()
+	p.StatsPage = func(csv bool, refresh time.Duration) ([]byte, string, error) {
+		var b bytes.Buffer
+		if csv {
+			err := admin.RenderStatsCSV(&b, p.Stats())
+			return b.Bytes(), "text/plain", err
+		}
+		err := admin.RenderStatsPage(&b, p.Stats(), hist, refresh, version)
+		return b.Bytes(), "text/html; charset=utf-8", err
+	}
 	for _, ss := range cfg.Global.StatsSockets {
 		a, err := admin.Listen(ss, p, version, log)
 		if err != nil {

@@ -123,6 +123,16 @@ func TestDemo(t *testing.T) {
 	if got := res.Header.Get("X-Served-By"); got != "ws1" {
 		t.Errorf("/websockets went to %q, want ws1", got)
 	}
+	// The stats page.
+	res, err = http.Get(base + "/stats")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 200 || !strings.Contains(string(sb), "web1") || !strings.Contains(res.Header.Get("Content-Type"), "text/html") {
+		t.Errorf("demo /stats: %d %s", res.StatusCode, res.Header.Get("Content-Type"))
+	}
 	// The runtime API printed in the instructions works with sluice ctl.
 	var out bytes.Buffer
 	if err := run(context.Background(), []string{"ctl", "-S", sock, "show", "stat"}, &out, io.Discard); err != nil {

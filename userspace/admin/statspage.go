@@ -89,13 +89,13 @@ func RenderStatsPage(w io.Writer, st proxy.Stats, h *History, refresh time.Durat
 		d.ConnBar = true
 	}
 	if h != nil {
-		d.HistoryNote = fmt.Sprintf("trend: last %s, one sample every %s", shortDur(h.Every()*time.Duration(h.Keep()-1)), shortDur(h.Every()))
+		d.HistoryNote = fmt.Sprintf("trend: last %s, one sample every %s", shortDur(h.Every()*time.Duration(h.Keep())), shortDur(h.Every()))
 	}
 	for _, f := range st.Frontends {
 		r := row{Name: f.Name, State: "OPEN", Class: "open", Cur: num(f.CurrSessions), Limit: limit(int64(f.MaxConn)),
 			Total: num(f.Sessions), Spark: noHistory}
 		if h != nil {
-			r.Spark = sparkline(h.Frontend(f.Name), h.Keep())
+			r.Spark = sparkline(h.Frontend(f.Name), h.Keep(), int64(f.MaxConn))
 		}
 		d.Frontends = append(d.Frontends, r)
 	}
@@ -114,7 +114,7 @@ func RenderStatsPage(w io.Writer, st proxy.Stats, h *History, refresh time.Durat
 				QCur: num(s.QueueCur), QMax: num(s.QueueMax), QLimit: limit(int64(s.MaxQueue)), Errors: num(s.Failures),
 				Queueing: s.QueueCur > 0, Full: s.Limit > 0 && s.Cur >= s.Limit, Spark: noHistory}
 			if h != nil {
-				r.Spark = sparkline(h.Server(b.Name, s.Name), h.Keep())
+				r.Spark = sparkline(h.Server(b.Name, s.Name), h.Keep(), s.Limit)
 			}
 			t.Servers = append(t.Servers, r)
 		}
@@ -126,7 +126,7 @@ func RenderStatsPage(w io.Writer, st proxy.Stats, h *History, refresh time.Durat
 			Cur: num(b.CurrSessions), Total: num(b.Sessions), QCur: num(b.QueueCur), QMax: num(b.QueueMax),
 			Errors: num(failures), Queueing: b.QueueCur > 0, Spark: noHistory}
 		if h != nil {
-			t.Total.Spark = sparkline(h.Backend(b.Name), h.Keep())
+			t.Total.Spark = sparkline(h.Backend(b.Name), h.Keep(), 0)
 		}
 		t.Summary = fmt.Sprintf("%d/%d servers up", up, len(b.Servers))
 		if b.Queued > 0 {
@@ -213,9 +213,11 @@ var noHistory = template.HTML(`<span class="na">no history</span>`)
 
 // sparkline draws the sessions (blue area) and queue (red line, only when
 // it was ever non-zero) of s, newest at the right edge, on a time axis of
-// keep samples so that all sparklines of the page line up. Its output holds
+// keep samples so that all sparklines of the page line up. The vertical
+// scale goes up to the object's limit (0: none) or to the peak if higher, so
+// that a server near its maxconn shows as near the top. The output holds
 // numbers only, no name.
-func sparkline(s Series, keep int) template.HTML {
+func sparkline(s Series, keep int, limit int64) template.HTML {
 	n := len(s.Sessions)
 	if n < 2 {
 		return template.HTML(`<span class="na">collecting…</span>`)
@@ -228,7 +230,7 @@ func sparkline(s Series, keep int) template.HTML {
 	for _, v := range s.Queue {
 		qpeak = max(qpeak, v)
 	}
-	scale := max(peak, qpeak, 1)
+	scale := max(peak, qpeak, limit, 1)
 	step := float64(sparkW-2) / float64(max(keep-1, 1))
 	x := func(i, n int) float64 { return float64(sparkW-1) - float64(n-1-i)*step }
 	y := func(v int64) float64 { return 1 + float64(sparkH-2)*(1-float64(v)/float64(scale)) }
@@ -276,8 +278,8 @@ h1 small{font-size:12px;color:#555;font-weight:normal}
 .box b{font-size:14px}
 .bar{display:inline-block;width:140px;height:8px;background:#ddd;vertical-align:middle;margin-left:6px}
 .bar span{display:block;height:100%;background:#3b7dd8}
-.legend span{display:inline-block;padding:1px 6px;margin:1px 2px;border:1px solid #999}
-table.px{border-collapse:collapse;margin:0 0 14px;min-width:900px}
+.legend .sw span{display:inline-block;padding:1px 6px;margin:1px 2px;border:1px solid #999}
+table.px{border-collapse:collapse;margin:0 0 14px}
 table.px th,table.px td{border:1px solid #999;padding:2px 5px;white-space:nowrap}
 table.px td{text-align:right}
 table.px td.l{text-align:left}
@@ -294,7 +296,8 @@ tr.other td{background:#ffffa0}
 tr.backend td{background:#e8e8d0;font-weight:bold;border-top:2px solid #666}
 tr.backend.down td.st{background:#ff9090}
 tr.backend.up td.st{background:#c0ffc0}
-td.st{font-weight:bold;text-align:center!important}
+td.st,td.k{font-weight:bold;text-align:center!important}
+td.k{font-weight:normal}
 .addr{color:#555;font-size:11px}
 .na{color:#888}
 .hot{color:#c00000;font-weight:bold}
@@ -317,8 +320,8 @@ td.tr{text-align:left!important;padding:1px 4px}
 <tr><td>refresh</td><td>{{if .Refresh}}every {{.Refresh}}{{else}}<span class="na">off</span>{{end}}</td></tr>
 </table></div>
 <div class="box legend">
-<div><span style="background:#c0ffc0">UP</span><span style="background:#ff9090">DOWN</span><span style="background:#d8b078">MAINT</span><span style="background:#a8d0ff">DRAIN</span><span style="background:#e8e8d0">frontend / backend</span></div>
-<div style="margin-top:4px"><svg width="22" height="8"><line x1="0" y1="4" x2="22" y2="4" stroke="#1f5fbf" stroke-width="2"/></svg> sessions <svg width="22" height="8"><line x1="0" y1="4" x2="22" y2="4" stroke="#d00000" stroke-width="2"/></svg> queue{{if .HistoryNote}} <span class="na">({{.HistoryNote}}; the number is the scale's top)</span>{{else}} <span class="na">(no history)</span>{{end}}</div>
+<div class="sw"><span style="background:#c0ffc0">UP</span><span style="background:#ff9090">DOWN</span><span style="background:#d8b078">MAINT</span><span style="background:#a8d0ff">DRAIN</span><span style="background:#e8e8d0">frontend / backend</span></div>
+<div style="margin-top:4px"><svg width="22" height="8"><line x1="0" y1="4" x2="22" y2="4" stroke="#1f5fbf" stroke-width="2"/></svg> sessions <svg width="22" height="8"><line x1="0" y1="4" x2="22" y2="4" stroke="#d00000" stroke-width="2"/></svg> queue{{if .HistoryNote}} <span class="na">({{.HistoryNote}}; scale: the limit or the peak, shown on the right)</span>{{else}} <span class="na">(no history)</span>{{end}}</div>
 </div>
 </div>
 
@@ -337,8 +340,8 @@ td.tr{text-align:left!important;padding:1px 4px}
 </table>
 {{else}}<p class="na">No backend.</p>
 {{end}}
-<div class="foot">CSV: <code>show stat</code> on the stats socket.</div>
+<div class="foot">CSV: append <code>;csv</code> to this page's address, or <code>show stat</code> on the stats socket.</div>
 </body>
 </html>
-{{define "row"}}<tr class="{{.Class}}"><td class="l">{{if .Sum}}Backend{{else}}{{.Name}}{{end}}</td><td class="l addr">{{.Addr}}</td><td class="st">{{.State}}</td><td>{{.Weight}}</td><td{{if .Full}} class="hot" title="at its limit"{{end}}>{{.Cur}}</td><td>{{.Max}}</td><td>{{.Limit}}</td><td>{{.Total}}</td><td{{if .Queueing}} class="hot"{{end}}>{{.QCur}}</td><td>{{.QMax}}</td><td>{{.QLimit}}</td><td>{{.Errors}}</td><td class="na">–</td><td class="na">–</td><td class="na">–</td><td class="tr">{{.Spark}}</td></tr>
+{{define "row"}}<tr class="{{.Class}}"><td class="l">{{if .Sum}}Backend{{else}}{{.Name}}{{end}}</td><td class="l addr">{{.Addr}}</td><td class="st">{{.State}}</td><td>{{.Weight}}</td><td{{if .Full}} class="hot" title="at its limit"{{end}}>{{.Cur}}</td><td>{{.Max}}</td><td>{{.Limit}}</td><td>{{.Total}}</td><td{{if .Queueing}} class="hot"{{end}}>{{.QCur}}</td><td>{{.QMax}}</td><td>{{.QLimit}}</td><td>{{.Errors}}</td><td class="na k">–</td><td class="na k">–</td><td class="na k">–</td><td class="tr">{{.Spark}}</td></tr>
 {{end}}`))
