@@ -104,13 +104,8 @@ func (p *parser) checkTimeouts(px *proxy, hasFE, hasBE bool) {
 		missing = append(missing, "timeout server")
 	}
 	if len(missing) > 0 {
-		it := "it"
-		if len(missing) > 1 {
-			it = "them"
-		}
 		p.warnf(px.pos, "missing timeouts for %s '%s': set %s to a non-zero value (until then sluice uses its defaults: connect 5s, client and server 50s)",
 			px.kind, px.name, quoteList(missing))
-		_ = it
 	}
 }
 

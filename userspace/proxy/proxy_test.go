@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"fmt"
@@ -369,7 +368,6 @@ func testNoReplayOfPost(t *testing.T) {
 func TestEarlyResponseNotPooled(t *testing.T) { bothPaths(t, testEarlyResponseNotPooled) }
 
 func testEarlyResponseNotPooled(t *testing.T) {
-	b := newTestBackend(t, "s1", nil)
 	// A raw backend that answers 413 without reading the body.
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	defer ln.Close()
@@ -405,7 +403,6 @@ func testEarlyResponseNotPooled(t *testing.T) {
 			}()
 		}
 	}()
-	_ = b
 	addr := startProxy(t, basicCfg+"    server raw "+ln.Addr().String()+"\n", nil)
 	c := dial(t, addr)
 	c.send(t, "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\nxxxx")
@@ -521,8 +518,6 @@ func testServerMaxConn(t *testing.T) {
 		t.Fatalf("peak concurrency at the backend %d, want 2..4 (maxconn 4)", p)
 	}
 }
-
-var _ = bytes.Equal
 
 // An idle keep-alive connection is closed after timeout http-keep-alive.
 func TestKeepAliveTimeout(t *testing.T) { bothPaths(t, testKeepAliveTimeout) }
