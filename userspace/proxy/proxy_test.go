@@ -724,3 +724,47 @@ func testStatsURI(t *testing.T) {
 		t.Fatalf("server saw %d requests, want only /app", n)
 	}
 }
+
+// Checklist 18: a request body that stalls, and a client that never reads
+// its (large) response, are both cut off after timeout client.
+func TestSlowClientTimeouts(t *testing.T) { bothPaths(t, testSlowClientTimeouts) }
+
+func testSlowClientTimeouts(t *testing.T) {
+	b := newTestBackend(t, "s1", func(w *rawWriter, r *http.Request, body []byte) {
+		if r.URL.Path == "/huge" {
+			w.reply(200, strings.Repeat("z", 32<<20))
+			return
+		}
+		w.reply(200, "ok")
+	})
+	cfg := strings.Replace(basicCfg, "timeout client 5s", "timeout client 400ms", 1)
+	addr := startProxy(t, cfg+"    server s1 {s1}\n", nil, b)
+
+	// A body that stops halfway.
+	c := dial(t, addr)
+	c.send(t, "POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\nhalf")
+	start := time.Now()
+	c.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	io.ReadAll(c.br) // until the proxy closes
+	if d := time.Since(start); d < 350*time.Millisecond || d > 3*time.Second {
+		t.Fatalf("stalled body: connection closed after %v, want ~400ms", d)
+	}
+
+	// A client that never reads a 32 MiB response: its window fills and
+	// the proxy gives up after timeout client instead of holding on.
+	r, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	r.(*net.TCPConn).SetReadBuffer(4096)
+	io.WriteString(r, "GET /huge HTTP/1.1\r\nHost: t\r\n\r\n")
+	start = time.Now()
+	v, _ := running.Load(addr)
+	p := v.(*Proxy)
+	waitFor(t, func() bool { return b.requests.Load() == 1 }) // the response is on its way
+	waitFor(t, func() bool { return p.actconn.Load() == 0 })
+	if d := time.Since(start); d < 350*time.Millisecond || d > 4*time.Second {
+		t.Fatalf("non-reading client closed after %v, want ~400ms (timeout client)", d)
+	}
+}
