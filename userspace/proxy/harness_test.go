@@ -214,7 +214,7 @@ func queued(addr string) int64 {
 		return -1
 	}
 	var n int64
-	for _, be := range v.(*Proxy).backends {
+	for _, be := range v.(*Proxy).g().backends {
 		n += be.q.QueueCur.Load()
 		for _, s := range be.servers {
 			n += s.q.QueueCur.Load()

@@ -139,7 +139,7 @@ func (c *checker) probe() (ok bool, reason string) {
 }
 
 // run checks until the proxy stops.
-func (c *checker) run(p *Proxy) {
+func (c *checker) run(p *Proxy, stop <-chan struct{}) {
 	s := c.srv
 	fails, oks := 0, 0
 	t := time.NewTimer(c.interval)
@@ -147,6 +147,8 @@ func (c *checker) run(p *Proxy) {
 	for {
 		select {
 		case <-p.stop:
+			return
+		case <-stop: // a reload replaced this configuration
 			return
 		case <-t.C:
 		}

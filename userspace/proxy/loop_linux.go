@@ -520,7 +520,7 @@ func (lp *loop) request(s *session) bool {
 		lp.delegate(s, s.handle)
 		return false
 	}
-	be := lp.p.backends[bi]
+	be := fe.backends[bi]
 	var key uint64
 	if be.hash != hashNone {
 		key = s.hashKey(be)

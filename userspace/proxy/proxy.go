@@ -35,10 +35,12 @@ const (
 // Proxy is a running configuration: frontends with their listeners and the
 // backends they route to.
 type Proxy struct {
-	cfg       *config.Config
-	frontends []*frontend
-	backends  []*backend
-	log       *slog.Logger
+	cfg *config.Config
+	gen atomic.Pointer[generation] // the configuration in force
+	log *slog.Logger
+
+	lmu       sync.Mutex           // listeners and reloads
+	listeners map[string]*listener // by network|address
 	access    *accessLog
 
 	actconn atomic.Int64 // client connections being served, all frontends
@@ -76,13 +78,31 @@ type httpRule struct {
 	cond   *route.Cond // nil: always
 }
 
+// generation is one configuration's frontends and backends. A reload
+// builds a new one and swaps it in; connections move to it at their next
+// request.
+type generation struct {
+	frontends []*frontend
+	backends  []*backend
+	stop      chan struct{} // closed when replaced: ends its health checks
+}
+
+// listener is a listening socket and the frontend it serves now; it is kept
+// across reloads while a frontend still binds its address.
+type listener struct {
+	key string
+	ln  net.Listener
+	fe  atomic.Pointer[frontend]
+}
+
 type frontend struct {
-	rules     []httpRule
-	name      string
-	cfg       *config.Frontend
-	router    *route.Router
-	listeners []net.Listener
-	sem       chan struct{} // maxconn slots
+	rules    []httpRule
+	name     string
+	cfg      *config.Frontend
+	router   *route.Router
+	backends []*backend // of its generation: the router's indexes point here
+	gen      *generation
+	sem      chan struct{} // maxconn slots
 
 	timeoutClient, timeoutHTTPRequest, timeoutKeepAlive time.Duration
 	httplog, dontlognull, forwardFor                    bool
@@ -149,6 +169,20 @@ func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
 	if n := cfg.Global.NbThread; n > 0 && p.Loops > 0 {
 		p.Loops = n // HAProxy's threads are sluice's event loops
 	}
+	g, err := p.build(cfg)
+	if err != nil {
+		return nil, err
+	}
+	p.gen.Store(g)
+	return p, nil
+}
+
+// g returns the generation in force.
+func (p *Proxy) g() *generation { return p.gen.Load() }
+
+// build makes a generation from a configuration; errors name FILE:LINE.
+func (p *Proxy) build(cfg *config.Config) (*generation, error) {
+	g := &generation{stop: make(chan struct{})}
 	var errs config.Errors
 	index := map[string]int{}
 	for _, bc := range cfg.Backends {
@@ -157,8 +191,8 @@ func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
 			errs = append(errs, config.Diag{Pos: bc.Pos, Msg: err.Error()})
 			continue
 		}
-		index[bc.Name] = len(p.backends)
-		p.backends = append(p.backends, be)
+		index[bc.Name] = len(g.backends)
+		g.backends = append(g.backends, be)
 	}
 	for _, fc := range cfg.Frontends {
 		fe, err := p.newFrontend(fc, index)
@@ -171,24 +205,25 @@ func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
 			}
 			continue
 		}
-		p.frontends = append(p.frontends, fe)
+		fe.backends, fe.gen = g.backends, g
+		g.frontends = append(g.frontends, fe)
 	}
 	if len(errs) > 0 {
 		return nil, errs
 	}
-	p.setFullConn()
-	return p, nil
+	g.setFullConn()
+	return g, nil
 }
 
 // setFullConn gives each backend its fullconn: the configured one or, as
 // HAProxy does, 10% of the sum of the maxconn of the frontends that may
 // route to it.
-func (p *Proxy) setFullConn() {
-	for _, be := range p.backends {
+func (g *generation) setFullConn() {
+	for _, be := range g.backends {
 		n := be.cfg.FullConn
 		if n == 0 {
 			sum := 0
-			for _, fe := range p.frontends {
+			for _, fe := range g.frontends {
 				if fe.routesTo(be.name) {
 					sum += cap(fe.sem)
 				}
@@ -391,35 +426,60 @@ func orString(s, def string) string {
 // Listen opens every frontend's listeners. On error, those already opened
 // are closed.
 func (p *Proxy) Listen() error {
-	for _, fe := range p.frontends {
-		for _, b := range fe.cfg.Binds {
-			ln, err := listen(b.Network, b.Addr)
-			if err != nil {
-				p.closeListeners()
-				return fmt.Errorf("%s: frontend '%s': bind %s: %w", b.Pos, fe.name, b.Addr, err)
-			}
-			fe.listeners = append(fe.listeners, ln)
-		}
+	p.lmu.Lock()
+	defer p.lmu.Unlock()
+	added, err := p.openListeners(p.g())
+	if err != nil {
+		return err
 	}
+	p.listeners = added
 	return nil
 }
 
-func (p *Proxy) closeListeners() {
-	for _, fe := range p.frontends {
-		for _, ln := range fe.listeners {
-			ln.Close()
+func bindKey(b config.Bind) string { return b.Network + "|" + b.Addr }
+
+// openListeners opens the binds of g that are not open yet (all of them on
+// the first call) and points every listener of g at its frontend when g is
+// swapped in. It returns the new ones; on error it closes them.
+func (p *Proxy) openListeners(g *generation) (map[string]*listener, error) {
+	added := map[string]*listener{}
+	for _, fe := range g.frontends {
+		for _, b := range fe.cfg.Binds {
+			k := bindKey(b)
+			if _, ok := p.listeners[k]; ok || added[k] != nil {
+				continue
+			}
+			ln, err := listen(b.Network, b.Addr)
+			if err != nil {
+				for _, l := range added {
+					l.ln.Close()
+				}
+				return nil, fmt.Errorf("%s: frontend '%s': bind %s: %w", b.Pos, fe.name, b.Addr, err)
+			}
+			l := &listener{key: k, ln: ln}
+			l.fe.Store(fe)
+			added[k] = l
 		}
+	}
+	return added, nil
+}
+
+func (p *Proxy) closeListeners() {
+	p.lmu.Lock()
+	defer p.lmu.Unlock()
+	for _, l := range p.listeners {
+		l.ln.Close()
 	}
 }
 
 // Addrs returns the listening addresses of a frontend (for tests and the demo).
 func (p *Proxy) Addrs(frontend string) []net.Addr {
+	p.lmu.Lock()
+	defer p.lmu.Unlock()
 	var out []net.Addr
-	for _, fe := range p.frontends {
-		if fe.name == frontend {
-			for _, ln := range fe.listeners {
-				out = append(out, ln.Addr())
-			}
+	for _, l := range p.listeners {
+		if l.fe.Load().name == frontend {
+			out = append(out, l.ln.Addr())
 		}
 	}
 	return out
@@ -437,20 +497,14 @@ func (p *Proxy) Serve(ctx context.Context, access io.Writer, grace time.Duration
 		p.log.Warn("event loops unavailable, serving each connection on a goroutine", "err", err)
 	}
 	defer p.stopLoops()
-	for _, fe := range p.frontends {
-		for _, ln := range fe.listeners {
-			p.wg.Add(1)
-			go p.acceptLoop(fe, ln)
-		}
+	p.lmu.Lock()
+	for _, l := range p.listeners {
+		p.wg.Add(1)
+		go p.acceptLoop(l)
 	}
+	p.lmu.Unlock()
 	go p.purgeLoop()
-	for _, be := range p.backends {
-		for _, s := range be.servers {
-			if s.check != nil {
-				go s.check.run(p)
-			}
-		}
-	}
+	p.startChecks(p.g())
 	<-ctx.Done()
 	p.closing.Store(true)
 	close(p.stop)
@@ -472,7 +526,7 @@ func (p *Proxy) Serve(ctx context.Context, access io.Writer, grace time.Duration
 		})
 		<-done
 	}
-	for _, be := range p.backends {
+	for _, be := range p.g().backends {
 		for _, s := range be.servers {
 			s.pool.closeAll()
 		}
@@ -480,10 +534,22 @@ func (p *Proxy) Serve(ctx context.Context, access io.Writer, grace time.Duration
 	return nil
 }
 
-func (p *Proxy) acceptLoop(fe *frontend, ln net.Listener) {
+func (p *Proxy) startChecks(g *generation) {
+	for _, be := range g.backends {
+		for _, s := range be.servers {
+			if s.check != nil {
+				go s.check.run(p, g.stop)
+			}
+		}
+	}
+}
+
+func (p *Proxy) acceptLoop(l *listener) {
 	defer p.wg.Done()
+	ln := l.ln
 	var backoff time.Duration
 	for {
+		fe := l.fe.Load()
 		// maxconn: take the slots before accepting, so that excess
 		// connections wait in the kernel's backlog, as in HAProxy.
 		if !p.takeSlot(p.sem, "global", "", p.maxconn) {
@@ -567,7 +633,7 @@ func (p *Proxy) purgeLoop() {
 		case <-p.stop:
 			return
 		case now := <-t.C:
-			for _, be := range p.backends {
+			for _, be := range p.g().backends {
 				for _, s := range be.servers {
 					s.pool.purge(now.Add(-idlePurgeDelay))
 				}

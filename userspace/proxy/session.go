@@ -272,7 +272,7 @@ func (s *session) handle() bool {
 		s.fail(503, tm.start, termSC, nil)
 		return false
 	}
-	be := s.p.backends[bi]
+	be := s.fe.backends[bi]
 	be.cur.Add(1)
 	be.total.Add(1)
 	defer be.cur.Add(-1)

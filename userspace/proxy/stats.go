@@ -73,12 +73,13 @@ type queueState queue.State
 // Stats returns a snapshot of the counters.
 func (p *Proxy) Stats() Stats {
 	st := Stats{CurrConns: p.actconn.Load(), MaxConn: p.maxconn, MaxConnReached: p.maxconnReached.Load()}
-	for _, fe := range p.frontends {
+	g := p.g()
+	for _, fe := range g.frontends {
 		st.Frontends = append(st.Frontends, FrontendStats{
 			Name: fe.name, CurrSessions: fe.cur.Load(), Sessions: fe.total.Load(), MaxConn: cap(fe.sem),
 		})
 	}
-	for _, be := range p.backends {
+	for _, be := range g.backends {
 		bs := BackendStats{
 			Name: be.name, CurrSessions: be.q.Sessions.Load(), Sessions: be.total.Load(),
 			QueueCur: be.q.QueueCur.Load(), QueueMax: be.q.QueueMax.Load(),
@@ -100,7 +101,7 @@ func (p *Proxy) Stats() Stats {
 
 // findServer returns the server backend/name.
 func (p *Proxy) findServer(backend, name string) (*server, error) {
-	for _, be := range p.backends {
+	for _, be := range p.g().backends {
 		if be.name != backend {
 			continue
 		}
@@ -143,7 +144,7 @@ func (p *Proxy) SetServerMaxConn(backend, name string, n int) error {
 // ClearCounters resets the maximums (queue and sessions), as HAProxy's
 // `clear counters`.
 func (p *Proxy) ClearCounters() {
-	for _, be := range p.backends {
+	for _, be := range p.g().backends {
 		be.q.QueueMax.Store(be.q.QueueCur.Load())
 		for _, s := range be.servers {
 			s.q.Max.Store(s.q.Cur.Load())
