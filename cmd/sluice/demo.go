@@ -10,10 +10,12 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/sluicelb/sluice/pkg/config"
@@ -124,6 +126,14 @@ Try, in another terminal:
   go run ./cmd/sluice ctl -S %s disable server servers/web2
 The access log follows on stderr. Ctrl-C stops everything.
 `, actual, strings.Join(addrs, ", "), base, base, base, base, base, base, base, base, base, base, sock, sock)
+	reload := make(chan os.Signal, 1)
+	signal.Notify(reload, syscall.SIGHUP, syscall.SIGUSR2)
+	defer signal.Stop(reload)
+	go func() {
+		for range reload {
+			log.Warn("the demo's configuration is built in: nothing to reload")
+		}
+	}()
 	err = serve(ctx, cfg, p, log, stderr, 2*time.Second)
 	return err
 }

@@ -162,14 +162,31 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if cfg.Global.HardStopAfter > 0 {
 		*grace = cfg.Global.HardStopAfter
 	}
-	// Reload (SIGHUP/SIGUSR2) is not implemented yet: say so rather than
-	// let the default action end the process.
+	// SIGHUP and SIGUSR2 reload: an invalid configuration is refused with
+	// its errors and the running one stays.
 	reload := make(chan os.Signal, 1)
 	signal.Notify(reload, syscall.SIGHUP, syscall.SIGUSR2)
 	defer signal.Stop(reload)
 	go func() {
 		for sig := range reload {
-			log.Warn("reload is not supported yet: the running configuration stays; restart to apply a new one", "signal", sig.String())
+			log.Info("reloading", "signal", sig.String(), "files", strings.Join(files, ","))
+			ncfg, err := config.Load(files...)
+			if ncfg != nil {
+				for _, w := range ncfg.Warnings {
+					fmt.Fprintf(stderr, "[WARNING] %s\n", w.Error())
+				}
+			}
+			if err == nil {
+				var warns []string
+				warns, err = p.Reload(ncfg)
+				for _, w := range warns {
+					log.Warn("reload: " + w)
+				}
+			}
+			if err != nil {
+				printErrors(stderr, err)
+				log.Error("reload refused: the running configuration stays", "signal", sig.String())
+			}
 		}
 	}()
 	return serve(ctx, cfg, p, log, stderr, *grace)

@@ -5,11 +5,14 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -149,5 +152,88 @@ func TestDemo(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("demo did not stop")
+	}
+}
+
+// SIGHUP reloads the configuration files; an invalid one is refused with
+// its errors and the running configuration stays.
+func TestSIGHUPReload(t *testing.T) {
+	backend := func(name string) string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, name) })}
+		go srv.Serve(ln)
+		t.Cleanup(func() { srv.Close() })
+		return ln.Addr().String()
+	}
+	a, b := backend("a"), backend("b")
+	probe, _ := net.Listen("tcp", "127.0.0.1:0")
+	front := probe.Addr().String()
+	probe.Close()
+	cfg := func(server string) string {
+		return "defaults\n mode http\n timeout connect 1s\n timeout client 5s\n timeout server 5s\n" +
+			"frontend fe\n bind " + front + "\n default_backend be\nbackend be\n server s " + server + "\n"
+	}
+	path := filepath.Join(t.TempDir(), "s.cfg")
+	os.WriteFile(path, []byte(cfg(a)), 0o644)
+
+	var stderr syncWriter
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"-f", path}, io.Discard, &stderr) }()
+	defer func() { cancel(); <-done }()
+	get := func() string {
+		res, err := http.Get("http://" + front + "/")
+		if err != nil {
+			return ""
+		}
+		defer res.Body.Close()
+		body, _ := io.ReadAll(res.Body)
+		return string(body)
+	}
+	waitUntil(t, func() bool { return strings.Contains(stderr.String(), "sluice started") && get() == "a" })
+
+	os.WriteFile(path, []byte(cfg(b)), 0o644)
+	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	waitUntil(t, func() bool { return get() == "b" })
+
+	os.WriteFile(path, []byte(cfg(a)+" bogus_keyword\n"), 0o644)
+	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	waitUntil(t, func() bool { return strings.Contains(stderr.String(), "reload refused") })
+	if !strings.Contains(stderr.String(), "s.cfg:11: unknown keyword 'bogus_keyword'") {
+		t.Errorf("the refused reload does not say why:\n%s", stderr.String()[max(0, len(stderr.String())-600):])
+	}
+	if got := get(); got != "b" {
+		t.Fatalf("after a refused reload: %q, want the running configuration (b)", got)
+	}
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (w *syncWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *syncWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
+}
+
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -347,3 +347,15 @@ func configParse(text string) (*config.Config, error) { return config.Parse("tes
 // beforeServe, when set, adjusts the proxy startProxy builds (hooks such as
 // the stats page renderer).
 var beforeServe func(*Proxy)
+
+func newReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }
+
+// tryRead is read without failing the test (for goroutines).
+func (c *client) tryRead(method string) (*http.Response, string, error) {
+	res, err := http.ReadResponse(c.br, &http.Request{Method: method})
+	if err != nil {
+		return nil, "", err
+	}
+	body, err := io.ReadAll(res.Body)
+	return res, string(body), err
+}

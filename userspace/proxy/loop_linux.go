@@ -506,6 +506,10 @@ func (lp *loop) request(s *session) bool {
 	st := s.st
 	req := &st.req
 	fe := s.fe
+	if !s.follow() {
+		req.Close = true // its frontend is gone after a reload: last request
+	}
+	fe = s.fe
 	bodyLen := int64(0)
 	if req.ContentLength > 0 {
 		bodyLen = req.ContentLength
@@ -726,7 +730,7 @@ func (lp *loop) response(s *session, uc *upConn, eof bool) {
 	uc.r += res.HeadLen + bodyLen
 	keepServer := !res.Close && !s.fe.serverClose && !be.serverClose && uc.r == uc.w && !eof
 	status := res.Status
-	if keepServer {
+	if keepServer && !uc.srv.retired.Load() {
 		lp.putUpstream(uc)
 	} else {
 		lp.dropUpstream(uc)

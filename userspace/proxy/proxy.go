@@ -52,6 +52,7 @@ type Proxy struct {
 	wg      sync.WaitGroup // serving goroutines
 	conns   sync.Map       // *session -> struct{}, for shutdown
 	closing atomic.Bool
+	serving atomic.Bool // Serve has started the accept loops
 	stop    chan struct{}
 
 	// Loops is the number of event loops serving HTTP connections (see
@@ -151,9 +152,10 @@ type server struct {
 	addr string
 	pool idlePool
 
-	admin atomic.Int32 // queue.State set by the operator: up (ready), drain or maint
-	down  atomic.Bool  // health checks failed
-	check *checker     // nil without `check`
+	admin   atomic.Int32 // queue.State set by the operator: up (ready), drain or maint
+	down    atomic.Bool  // health checks failed
+	retired atomic.Bool  // a reload replaced its configuration: pool nothing more
+	check   *checker     // nil without `check`
 }
 
 // New builds a proxy from a configuration without opening any socket.
@@ -502,11 +504,14 @@ func (p *Proxy) Serve(ctx context.Context, access io.Writer, grace time.Duration
 		p.wg.Add(1)
 		go p.acceptLoop(l)
 	}
+	p.startChecks(p.g())
+	p.serving.Store(true)
 	p.lmu.Unlock()
 	go p.purgeLoop()
-	p.startChecks(p.g())
 	<-ctx.Done()
+	p.lmu.Lock()
 	p.closing.Store(true)
+	p.lmu.Unlock()
 	close(p.stop)
 	p.closeListeners()
 	// Wake idle keep-alive connections so they close now.

@@ -238,6 +238,9 @@ func (s *session) handle() bool {
 	req := &st.req
 	s.nreq++
 	s.reqStart = st.r
+	if !s.follow() {
+		req.Close = true // its frontend is gone after a reload: last request
+	}
 	tm := timings{start: s.arrived, head: time.Now()}
 	if tm.start.IsZero() {
 		tm.start = tm.head

@@ -127,7 +127,7 @@ func (uc *upConn) release(keep bool, now time.Time) {
 	} else {
 		keep = false // the server sent more than the response: not reusable
 	}
-	if keep {
+	if keep && !uc.srv.retired.Load() {
 		uc.uses++
 		uc.since = now
 		uc.res.Headers = uc.res.Headers[:0]
