@@ -151,6 +151,7 @@ func init() {
 		{[]string{"show", "info"}, levelUser, "report information about the running process", (*Server).showInfo},
 		{[]string{"show", "stat"}, levelUser, "report counters for each proxy and server (HAProxy CSV)", (*Server).showStat},
 		{[]string{"show", "servers", "state"}, levelUser, "dump the state of the servers", (*Server).showServersState},
+		{[]string{"show", "sess"}, levelOperator, "list the client connections being served", (*Server).showSess},
 		{[]string{"clear", "counters"}, levelOperator, "reset the maximum counters", func(s *Server, _ io.Writer, _ []string) error { s.p.ClearCounters(); return nil }},
 		{[]string{"set", "server"}, levelAdmin, "set server <bk>/<srv> state ready|drain|maint | weight <w>", (*Server).setServer},
 		{[]string{"set", "maxconn", "server"}, levelAdmin, "set maxconn server <bk>/<srv> <n>", (*Server).setMaxConn},
@@ -297,4 +298,12 @@ func (s *Server) enable(w io.Writer, args []string) error {
 		return err
 	}
 	return s.p.SetServerState(be, srv, queue.StateUp)
+}
+
+func (s *Server) showSess(w io.Writer, _ []string) error {
+	for i, si := range s.p.Sessions() {
+		fmt.Fprintf(w, "%d: src=%s fe=%s age=%s\n", i, si.Src, si.Frontend, si.Age.Round(time.Millisecond))
+	}
+	fmt.Fprintln(w)
+	return nil
 }

@@ -108,6 +108,10 @@ func TestAdminCommands(t *testing.T) {
 	if out := ask(t, path, "show servers state"); !strings.Contains(out, "be s2 127.0.0.1:10 MAINT 7 0 3 3 0") {
 		t.Fatalf("show servers state:\n%s", out)
 	}
+	// With no client connected (this proxy serves no traffic), no session.
+	if out := ask(t, path, "show sess"); strings.TrimSpace(out) != "" {
+		t.Fatalf("show sess with no client: %q", out)
+	}
 	if out := ask(t, path, "bogus"); !strings.Contains(out, "Unknown command") {
 		t.Fatalf("unknown command: %q", out)
 	}

@@ -768,3 +768,18 @@ func testSlowClientTimeouts(t *testing.T) {
 		t.Fatalf("non-reading client closed after %v, want ~400ms (timeout client)", d)
 	}
 }
+
+// Sessions (show sess) lists the client connections being served.
+func TestSessionsList(t *testing.T) { bothPaths(t, testSessionsList) }
+
+func testSessionsList(t *testing.T) {
+	b := newTestBackend(t, "s1", nil)
+	addr := startProxy(t, basicCfg+"    server s1 {s1}\n", nil, b)
+	c := dial(t, addr)
+	c.get(t, "/")
+	v, _ := running.Load(addr)
+	ss := v.(*Proxy).Sessions()
+	if len(ss) != 1 || ss[0].Frontend != "fe" || ss[0].Src != c.c.LocalAddr().String() {
+		t.Fatalf("sessions %+v, want the one client on fe", ss)
+	}
+}

@@ -35,6 +35,10 @@ type session struct {
 	// arrived is when the current request's first bytes were seen: its
 	// place in a queue.
 	arrived time.Time
+	// Set at accept and never changed: safe to read from other goroutines
+	// (show sess).
+	created time.Time
+	feName  string
 
 	loopState // when an event loop owns the connection (loop_linux.go)
 }
@@ -50,7 +54,8 @@ func (s *session) wakeIdle() {
 // newSession sets up a client connection's session and its counters. On
 // failure it undoes the accept (connection, maxconn slot, wait group).
 func (p *Proxy) newSession(fe *frontend, c *net.TCPConn) *session {
-	s := &session{p: p, fe: fe, c: c, arrived: time.Now()}
+	s := &session{p: p, fe: fe, c: c, arrived: time.Now(), feName: fe.name}
+	s.created = s.arrived
 	s.fd = -1
 	var err error
 	if s.io, err = newSock(c); err != nil {

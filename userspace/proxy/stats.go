@@ -152,3 +152,22 @@ func (p *Proxy) ClearCounters() {
 		}
 	}
 }
+
+// SessionInfo describes a client connection for `show sess`.
+type SessionInfo struct {
+	Src      string
+	Frontend string // the frontend that accepted it
+	Age      time.Duration
+}
+
+// Sessions lists the client connections being served.
+func (p *Proxy) Sessions() []SessionInfo {
+	now := time.Now()
+	var out []SessionInfo
+	p.conns.Range(func(k, _ any) bool {
+		s := k.(*session)
+		out = append(out, SessionInfo{Src: s.src.String(), Frontend: s.feName, Age: now.Sub(s.created)})
+		return true
+	})
+	return out
+}
