@@ -35,7 +35,6 @@ func (s *session) exchange(be *backend, srv *server, uc *upConn, tm *timings) (o
 	st := s.st
 	req := &st.req
 	fe := s.fe
-	o.srv = srv
 	headEnd := s.reqStart + req.HeadLen
 
 	// The part of the body already buffered.

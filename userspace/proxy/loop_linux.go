@@ -37,7 +37,6 @@ import (
 // connection is owned by exactly one of them at a time.
 
 type loopState struct {
-	lp        *loop
 	owned     atomic.Bool // an event loop owns the connection
 	fd        int
 	lstate    uint8
@@ -262,7 +261,6 @@ func (lp *loop) run() {
 // take registers a session handed to the loop and serves what it has
 // buffered or what arrived meanwhile.
 func (lp *loop) take(s *session) {
-	s.lp = lp
 	s.owned.Store(true)
 	fd, err := toRaw(s.c)
 	s.c, s.io, s.fd = nil, nil, fd
@@ -505,11 +503,10 @@ func (lp *loop) serveBuffered(s *session) {
 func (lp *loop) request(s *session) bool {
 	st := s.st
 	req := &st.req
-	fe := s.fe
 	if !s.follow() {
 		req.Close = true // its frontend is gone after a reload: last request
 	}
-	fe = s.fe
+	fe := s.fe
 	bodyLen := int64(0)
 	if req.ContentLength > 0 {
 		bodyLen = req.ContentLength
@@ -601,7 +598,6 @@ func (lp *loop) takeUpstream(srv *server) *upConn {
 		}
 		return nil
 	}
-	uc.lp = lp
 	return uc
 }
 
@@ -621,7 +617,7 @@ func (lp *loop) putUpstream(uc *upConn) {
 func (lp *loop) dropUpstream(uc *upConn) {
 	lp.unregister(uc.fd)
 	syscall.Close(uc.fd)
-	uc.lp, uc.owner, uc.fd = nil, nil, -1
+	uc.owner, uc.fd = nil, -1
 	if uc.buf != nil {
 		putBuf(uc.buf)
 		uc.buf = nil
@@ -632,7 +628,7 @@ func (lp *loop) dropUpstream(uc *upConn) {
 func (lp *loop) detachUpstream(uc *upConn) error {
 	lp.unregister(uc.fd)
 	c, io, err := fromRaw(uc.fd)
-	uc.lp, uc.owner, uc.fd = nil, nil, -1
+	uc.owner, uc.fd = nil, -1
 	uc.c, uc.io = c, io
 	return err
 }

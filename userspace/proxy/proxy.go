@@ -102,6 +102,7 @@ type frontend struct {
 	cfg      *config.Frontend
 	router   *route.Router
 	backends []*backend // of its generation: the router's indexes point here
+	statsURI []byte     // stats page prefix; nil when disabled
 	gen      *generation
 	sem      chan struct{} // maxconn slots
 
@@ -387,6 +388,9 @@ func (p *Proxy) newFrontend(fc *config.Frontend, index map[string]int) (*fronten
 			return nil, fmt.Errorf("option forwardfor except: %w", err)
 		}
 		fe.xffExcept = pfx
+	}
+	if fc.Stats.Enable {
+		fe.statsURI = []byte(fc.Stats.URI)
 	}
 	fe.timeoutHTTPRequest = orDefault(fc.Timeouts.HTTPRequest, fe.timeoutClient)
 	fe.timeoutKeepAlive = orDefault(fc.Timeouts.HTTPKeepAlive, fe.timeoutHTTPRequest)

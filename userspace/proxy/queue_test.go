@@ -124,7 +124,7 @@ func testMaxQueueRedirects(t *testing.T) {
 	// A URI that hashes to a (weights 1:1: even hashes go to the first).
 	path := ""
 	for i := 0; path == ""; i++ {
-		if p := fmt.Sprintf("/k%d", i); hashBytes(nil, []byte(p))%2 == 0 {
+		if p := fmt.Sprintf("/k%d", i); hashBytes([]byte(p))%2 == 0 {
 			path = p
 		}
 	}
@@ -341,7 +341,7 @@ func testServerMaintWhileQueued(t *testing.T) {
 			pathFor := func(even bool) string {
 				for i := 0; ; i++ {
 					p := fmt.Sprintf("/k%d", i)
-					if (hashBytes(nil, []byte(p))%2 == 0) == even {
+					if (hashBytes([]byte(p))%2 == 0) == even {
 						return p
 					}
 				}

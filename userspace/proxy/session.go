@@ -294,8 +294,7 @@ func (s *session) handle() bool {
 
 // isStats reports whether req asks for the frontend's stats page.
 func (fe *frontend) isStats(req *h1.Request) bool {
-	sp := &fe.cfg.Stats
-	return sp.Enable && bytes.HasPrefix(req.Target, []byte(sp.URI))
+	return fe.statsURI != nil && bytes.HasPrefix(req.Target, fe.statsURI)
 }
 
 // matchRule returns the first http-request rule whose condition matches.
@@ -385,19 +384,19 @@ func (s *session) hashKey(be *backend) uint64 {
 	switch be.hash {
 	case hashSource:
 		a := req.Src.As16()
-		return hashBytes(be, a[:])
+		return hashBytes(a[:])
 	case hashURI:
-		return hashBytes(be, req.Path)
+		return hashBytes(req.Path)
 	case hashURIWhole:
-		return hashBytes(be, req.Target)
+		return hashBytes(req.Target)
 	case hashURLParam:
 		if v, ok := queryParam(req.Query, be.hashArg); ok {
-			return hashBytes(be, v)
+			return hashBytes(v)
 		}
 	case hashHdr:
 		for i := range req.Headers {
 			if h1.EqualFold(req.Headers[i].Name, be.hashArg) {
-				return hashBytes(be, req.Headers[i].Value)
+				return hashBytes(req.Headers[i].Value)
 			}
 		}
 	}
@@ -428,7 +427,6 @@ type outcome struct {
 	keep       bool // client connection reusable
 	notSent    bool // the request never fully reached the server: always retryable
 	retry      bool // the server failed before any response byte: retryable if the request is safe
-	srv        *server
 	reusedConn bool
 }
 
@@ -532,7 +530,7 @@ func (s *session) attempt(be *backend, srv *server, tm *timings) outcome {
 			term = termsC
 		}
 		s.p.log.Debug("connect failed", "backend", be.name, "server", srv.q.Name, "err", err)
-		return outcome{status: 503, gen: true, term: term, notSent: true, srv: srv}
+		return outcome{status: 503, gen: true, term: term, notSent: true}
 	}
 	return s.exchange(be, srv, uc, tm)
 }
@@ -679,7 +677,7 @@ func itoa(b []byte, n int64) []byte { return strconv.AppendInt(b, n, 10) }
 
 // hashBytes is FNV-1a: deterministic, so that a client or URI maps to the
 // same server across restarts and reloads.
-func hashBytes(_ *backend, b []byte) uint64 {
+func hashBytes(b []byte) uint64 {
 	h := uint64(14695981039346656037)
 	for _, c := range b {
 		h ^= uint64(c)

@@ -3,8 +3,6 @@ package proxy
 import (
 	"fmt"
 	"time"
-
-	"github.com/sluicelb/sluice/userspace/queue"
 )
 
 // Stats is a snapshot of the proxy's counters, for metrics, the stats page
@@ -56,20 +54,6 @@ type ServerStats struct {
 	ConfigMax int // configured maxconn
 }
 
-func (st queueState) String() string {
-	switch queue.State(st) {
-	case queue.StateDown:
-		return "DOWN"
-	case queue.StateMaint:
-		return "MAINT"
-	case queue.StateDrain:
-		return "DRAIN"
-	}
-	return "UP"
-}
-
-type queueState queue.State
-
 // Stats returns a snapshot of the counters.
 func (p *Proxy) Stats() Stats {
 	st := Stats{CurrConns: p.actconn.Load(), MaxConn: p.maxconn, MaxConnReached: p.maxconnReached.Load()}
@@ -88,7 +72,7 @@ func (p *Proxy) Stats() Stats {
 		for _, s := range be.servers {
 			q := s.q
 			bs.Servers = append(bs.Servers, ServerStats{
-				Name: q.Name, Addr: q.Addr, State: queueState(q.State()).String(), Weight: q.Weight,
+				Name: q.Name, Addr: q.Addr, State: q.State().String(), Weight: q.Weight,
 				Cur: q.Cur.Load(), Max: q.Max.Load(), Total: q.Total.Load(), Limit: q.Limit.Load(),
 				QueueCur: q.QueueCur.Load(), QueueMax: q.QueueMax.Load(), Failures: q.Failures.Load(),
 				MaxQueue: q.MaxQueue, ConfigMax: q.MaxConn,

@@ -20,8 +20,8 @@ type upConn struct {
 	uses  int       // requests completed on it
 	since time.Time // when it went idle
 
-	// When an event loop holds it (loop_linux.go).
-	lp    *loop
+	// When an event loop holds it (loop_linux.go): its raw descriptor and
+	// the session it serves (nil while idle in the loop's pool).
 	fd    int
 	owner *session
 }

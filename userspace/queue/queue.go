@@ -61,6 +61,19 @@ type Server struct {
 	Limit    atomic.Int64 // the maxconn in force, for metrics
 }
 
+// String is the state as HAProxy shows it: UP, DOWN, MAINT or DRAIN.
+func (st State) String() string {
+	switch st {
+	case StateDown:
+		return "DOWN"
+	case StateMaint:
+		return "MAINT"
+	case StateDrain:
+		return "DRAIN"
+	}
+	return "UP"
+}
+
 // State returns the server's current state.
 func (s *Server) State() State { return State(s.state.Load()) }
 

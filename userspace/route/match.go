@@ -54,9 +54,6 @@ func parseMethod(s string) (matchMethod, error) {
 // usesInts reports whether the method's patterns are integers.
 func (m matchMethod) usesInts() bool { return m == mInt || m == mLen }
 
-// takesPatterns reports whether the method compares the sample with patterns.
-func (m matchMethod) takesPatterns() bool { return m != mFound && m != mBool }
-
 // strPat is one string pattern. Case-insensitive patterns are stored
 // lowercased; the sample is folded byte by byte while comparing.
 type strPat struct {
