@@ -783,3 +783,14 @@ func testSessionsList(t *testing.T) {
 		t.Fatalf("sessions %+v, want the one client on fe", ss)
 	}
 }
+
+// option forwardfor except NET: clients in NET get no X-Forwarded-For.
+func TestForwardForExcept(t *testing.T) {
+	b := newTestBackend(t, "s1", nil)
+	cfg := strings.Replace(basicCfg, "frontend fe", "frontend fe\n    option forwardfor except 127.0.0.0/8", 1)
+	addr := startProxy(t, cfg+"    server s1 {s1}\n", nil, b)
+	dial(t, addr).get(t, "/")
+	if xff := b.last().Header.Values("X-Forwarded-For"); len(xff) != 0 {
+		t.Fatalf("X-Forwarded-For %q for an excepted client", xff)
+	}
+}

@@ -373,3 +373,39 @@ func testServerMaintWhileQueued(t *testing.T) {
 		})
 	}
 }
+
+// The watch for a client leaving while queued reads nothing: a request
+// pipelined behind the queued one is still there, and answered in order,
+// once a slot frees.
+func TestQueuedWatchKeepsPipelinedRequests(t *testing.T) { bothPaths(t, testQueuedWatchKeepsPipelined) }
+
+func testQueuedWatchKeepsPipelined(t *testing.T) {
+	release := make(chan struct{})
+	b := newTestBackend(t, "s1", func(w *rawWriter, r *http.Request, body []byte) {
+		if r.URL.Path == "/hold" {
+			<-release
+		}
+		w.reply(200, r.URL.Path)
+	})
+	addr := startProxy(t, basicCfg+"    timeout queue 10s\n    server s1 {s1} maxconn 1\n", nil, b)
+	held := make(chan int, 1)
+	go func() { st, _ := oneRequest(addr, "/hold", 10*time.Second); held <- st }()
+	waitFor(t, func() bool { return b.inflight.Load() == 1 })
+	c := dial(t, addr)
+	c.send(t, "GET /first HTTP/1.1\r\nHost: t\r\n\r\n")
+	waitFor(t, func() bool { return queued(addr) == 1 })
+	// Sent while the watch is on: it must stay in the socket for the
+	// session to read after /first.
+	c.send(t, "GET /second HTTP/1.1\r\nHost: t\r\n\r\n")
+	time.Sleep(20 * time.Millisecond) // let the bytes reach the proxy's socket while /first is still queued
+	if queued(addr) != 1 {
+		t.Fatal("the queued request left the queue when more bytes came: the watch took them for a close")
+	}
+	close(release)
+	for _, want := range []string{"/first", "/second"} {
+		if res, body := c.read(t, "GET"); res.StatusCode != 200 || body != want {
+			t.Fatalf("got %d %q, want %s", res.StatusCode, body, want)
+		}
+	}
+	<-held
+}
