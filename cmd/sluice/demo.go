@@ -88,7 +88,11 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if err != nil {
 			return fmt.Errorf("demo backend %s: %w", name, err)
 		}
-		srv := &http.Server{Handler: demoHandler(name), ReadHeaderTimeout: 10 * time.Second}
+		h := demoHandler(name)
+		if name == "ws1" {
+			h = demoWSHandler(name, h)
+		}
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 		servers = append(servers, srv)
 		go srv.Serve(ln)
 		addrs = append(addrs, ln.Addr().String())
@@ -117,7 +121,9 @@ Try, in another terminal:
   curl -i %s/                      # round robin over web1, web2, web3
   curl -s %s/ %s/ %s/              # three requests, three servers
   curl -s '%s/slow?ms=500'         # a slow request (the backend sleeps)
-  curl -s %s/websockets/echo       # routed by ACL to the ws backend
+  open %s/websockets/ in a browser  # a WebSocket echo page: ACL-routed to ws1, tunnelled after the 101
+  curl -si -N -H 'Connection: Upgrade' -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' \
+       -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' %s/websockets/echo   # the handshake: 101
   curl -s -H 'Content-Length: 5' -H 'Transfer-Encoding: chunked' -d hello %s/   # refused: 400
   hey -n 2000 -c 200 '%s/slow?ms=50'  # more clients than maxconn: they queue
   curl -s %s/metrics | grep queue      # Prometheus metrics: queues, sessions, limits
@@ -125,7 +131,7 @@ Try, in another terminal:
   go run ./cmd/sluice ctl -S %s show stat          # runtime API (HAProxy's stats socket)
   go run ./cmd/sluice ctl -S %s disable server servers/web2
 The access log follows on stderr. Ctrl-C stops everything.
-`, actual, strings.Join(addrs, ", "), base, base, base, base, base, base, base, base, base, base, sock, sock)
+`, actual, strings.Join(addrs, ", "), base, base, base, base, base, base, base, base, base, base, base, sock, sock)
 	reload := make(chan os.Signal, 1)
 	signal.Notify(reload, syscall.SIGHUP, syscall.SIGUSR2)
 	defer signal.Stop(reload)

@@ -40,9 +40,9 @@ func (p *parser) build() *Config {
 				}
 			}
 			if fe.Mode == ModeTCP && fe.Options.HTTPLog {
-				p.warnf(px.opts.httpLogPos, "'option httplog' needs 'mode http'; %s '%s' is in tcp mode, so it is ignored there",
+				p.warnf(px.opts.httpLogPos, "'option httplog' needs 'mode http'; %s '%s' is in tcp mode: falling back to 'option tcplog'",
 					px.kind, px.name)
-				fe.Options.HTTPLog = false
+				fe.Options.HTTPLog, fe.Options.TCPLog = false, true
 			}
 			if fe.Mode == ModeTCP && fe.Options.ForwardFor {
 				p.warnf(px.opts.forwardForPos, "'option forwardfor' needs 'mode http'; %s '%s' is in tcp mode, so it is ignored there",

@@ -201,6 +201,15 @@ use-fcgi-app                 B
 use-server                   B
 `
 
+// sluiceOptionTable lists sluice's own options (HAProxy has none of these
+// names): the kernel features, each on by default where the kernel supports
+// it and switched off with `no option`.
+const sluiceOptionTable = `
+kernel-counters              * D F B
+kernel-splice                * D F B
+kernel-steer                 * D F
+`
+
 // optionTable lists `option` names; "*" marks the ones HAProxy lets you
 // negate with "no option" or reset with "default option".
 const optionTable = `
@@ -609,7 +618,7 @@ func init() {
 		}
 		kw.caps |= c
 	}
-	for _, f := range tableLines(optionTable) {
+	for _, f := range tableLines(optionTable + sluiceOptionTable) {
 		c, words := parseCaps(f)
 		options[words[0]] = optInfo{caps: c, negatable: len(words) > 1 && words[1] == "*"}
 	}

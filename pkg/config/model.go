@@ -116,6 +116,12 @@ type Options struct {
 	// request instead of only connecting.
 	HTTPCheck                                       bool
 	HTTPCheckMethod, HTTPCheckURI, HTTPCheckVersion string
+	TCPLog                                          bool // `option tcplog` (also what httplog becomes in mode tcp)
+
+	// sluice's kernel options. Counters and splice are on unless
+	// `no option kernel-counters|kernel-splice`; steering is off unless
+	// `option kernel-steer` (mode tcp frontends).
+	NoKernelCounters, NoKernelSplice, KernelSteer bool
 }
 
 // Bind is one address of a `bind` line.

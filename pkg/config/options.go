@@ -12,7 +12,8 @@ import (
 var implementedOptions = map[string]bool{
 	"httplog": true, "dontlognull": true, "forwardfor": true,
 	"http-keep-alive": true, "http-server-close": true, "redispatch": true,
-	"httpchk": true,
+	"httpchk": true, "tcplog": true,
+	"kernel-counters": true, "kernel-splice": true, "kernel-steer": true,
 }
 
 // option handles `[no|default] option NAME [args]`.
@@ -61,6 +62,16 @@ func (p *parser) option(pos Pos, px *proxy, kind secKind, mod string, args []str
 	case "dontlognull":
 		if p.noArgs(pos, display, args) {
 			o.dontLogNull = triOn
+		}
+	case "tcplog":
+		if len(args) > 0 && !(args[0] == "clf" && len(args) == 1) {
+			p.errorf(pos, "'option tcplog' takes no argument other than 'clf', found '%s'", args[len(args)-1])
+			return
+		}
+		o.tcpLog = triOn
+	case "kernel-counters", "kernel-splice", "kernel-steer":
+		if p.noArgs(pos, display, args) {
+			*o.kernelOpt(name) = triOn
 		}
 	case "httpchk":
 		// option httpchk [[METHOD] URI [VERSION]], HAProxy's defaults
@@ -125,6 +136,10 @@ func (p *parser) negateOption(px *proxy, name, mod string) {
 		o.httpLog = v
 	case "dontlognull":
 		o.dontLogNull = v
+	case "tcplog":
+		o.tcpLog = v
+	case "kernel-counters", "kernel-splice", "kernel-steer":
+		*o.kernelOpt(name) = v
 	case "redispatch":
 		o.redispatch = v
 	case "forwardfor":

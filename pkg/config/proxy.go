@@ -36,6 +36,19 @@ type optState struct {
 	httpLogPos, forwardForPos                    Pos
 	httpChk                                      tri
 	chkMethod, chkURI, chkVersion                string
+	tcpLog                                       tri
+	// sluice's kernel options; unset = their default.
+	kCounters, kSplice, kSteer tri
+}
+
+func (o *optState) kernelOpt(name string) *tri {
+	switch name {
+	case "kernel-counters":
+		return &o.kCounters
+	case "kernel-splice":
+		return &o.kSplice
+	}
+	return &o.kSteer
 }
 
 func (o optState) resolve() Options {
@@ -53,6 +66,10 @@ func (o optState) resolve() Options {
 		HTTPCheckMethod:  o.chkMethod,
 		HTTPCheckURI:     o.chkURI,
 		HTTPCheckVersion: o.chkVersion,
+		TCPLog:           o.tcpLog == triOn,
+		NoKernelCounters: o.kCounters == triOff,
+		NoKernelSplice:   o.kSplice == triOff,
+		KernelSteer:      o.kSteer == triOn,
 	}
 }
 

@@ -142,9 +142,13 @@ func (s *session) exchange(be *backend, srv *server, uc *upConn, tm *timings) (o
 	}
 	tm.response = time.Since(sent)
 	if res.Status == 101 {
-		// Upgrades are not relayed yet (the Upgrade header is stripped),
-		// so a 101 is a protocol error from the server.
 		stopUpload()
+		if s.ws && wsValid101(req, res) {
+			return s.tunnelWS(be, srv, uc, tm)
+		}
+		// Only WebSocket upgrades are forwarded (others are stripped),
+		// and a 101 that does not prove the server read the key is not
+		// one: a protocol error from the server.
 		uc.release(false, time.Time{})
 		return outcome{status: 502, gen: true, term: termSH}
 	}

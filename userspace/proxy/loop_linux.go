@@ -544,6 +544,7 @@ func (lp *loop) request(s *session) bool {
 	}
 	s.nreq++
 	s.reqStart = st.r
+	s.ws = false // upgrades never take the fast path
 	if lp.p.access != nil && fe.httplog {
 		s.keepLine()
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/sluicelb/sluice/pkg/config"
 	"github.com/sluicelb/sluice/userspace/queue"
 	"github.com/sluicelb/sluice/userspace/route"
+	"github.com/sluicelb/sluice/userspace/tunnel"
 )
 
 // Defaults applied when a timeout is not configured (HAProxy warns and waits
@@ -48,6 +49,8 @@ type Proxy struct {
 	sem     chan struct{} // global maxconn slots; nil = no global limit
 	// maxconnReached counts the times a listener had to wait for a slot.
 	maxconnReached atomic.Int64
+
+	tunnels *tunnel.Registry // WebSocket and mode tcp tunnels
 
 	wg      sync.WaitGroup // serving goroutines
 	conns   sync.Map       // *session -> struct{}, for shutdown
@@ -107,6 +110,7 @@ type frontend struct {
 	sem      chan struct{} // maxconn slots
 
 	timeoutClient, timeoutHTTPRequest, timeoutKeepAlive time.Duration
+	tcp                                                 bool // mode tcp: connections are tunnels
 	httplog, dontlognull, forwardFor                    bool
 	xffHeader                                           string
 	xffExcept                                           netip.Prefix
@@ -165,7 +169,8 @@ func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	p := &Proxy{cfg: cfg, log: log, maxconn: cfg.Global.MaxConn, stop: make(chan struct{}), Loops: defaultLoops()}
+	p := &Proxy{cfg: cfg, log: log, maxconn: cfg.Global.MaxConn, stop: make(chan struct{}), Loops: defaultLoops(),
+		tunnels: tunnel.NewRegistry()}
 	if p.maxconn > 0 {
 		p.sem = make(chan struct{}, p.maxconn)
 	}
@@ -339,10 +344,6 @@ func newBackend(bc *config.Backend) (*backend, error) {
 }
 
 func (p *Proxy) newFrontend(fc *config.Frontend, index map[string]int) (*frontend, error) {
-	if fc.Mode == config.ModeTCP {
-		// Better refused than parsed as HTTP: the tunnels issue adds it.
-		return nil, fmt.Errorf("frontend '%s': mode tcp is not supported yet", fc.Name)
-	}
 	r, err := route.Compile(fc, func(name string) (int, bool) { i, ok := index[name]; return i, ok })
 	if err != nil {
 		return nil, err
@@ -373,7 +374,8 @@ func (p *Proxy) newFrontend(fc *config.Frontend, index map[string]int) (*fronten
 		cfg:           fc,
 		router:        r,
 		timeoutClient: orDefault(fc.Timeouts.Client, defaultClientTimeout),
-		httplog:       fc.Options.HTTPLog,
+		tcp:           fc.Mode == config.ModeTCP,
+		httplog:       fc.Options.HTTPLog || fc.Options.TCPLog,
 		dontlognull:   fc.Options.DontLogNull,
 		forwardFor:    fc.Options.ForwardFor,
 		xffHeader:     orString(fc.Options.ForwardForHeader, "X-Forwarded-For"),
@@ -526,6 +528,7 @@ func (p *Proxy) Serve(ctx context.Context, access io.Writer, grace time.Duration
 	select {
 	case <-done:
 	case <-time.After(grace):
+		p.tunnels.Kill(nil)
 		p.abortLoops()
 		p.conns.Range(func(k, _ any) bool {
 			if s := k.(*session); !s.owned.Load() {
@@ -592,6 +595,10 @@ func (p *Proxy) acceptLoop(l *listener) {
 		}
 		backoff = 0
 		p.wg.Add(1)
+		if fe.tcp {
+			go p.serveTCP(fe, c.(*net.TCPConn))
+			continue
+		}
 		if lp := p.pickLoop(); lp != nil {
 			if s := p.newSession(fe, c.(*net.TCPConn)); s != nil {
 				lp.adopt(s)

@@ -635,16 +635,6 @@ listen web
 	}
 }
 
-func TestModeTCPRefused(t *testing.T) {
-	c, err := configParse("frontend f\n    mode tcp\n    bind 127.0.0.1:0\n    default_backend b\n    timeout client 1s\nbackend b\n    mode tcp\n    timeout connect 1s\n    timeout server 1s\n    server s 127.0.0.1:9\n")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := New(c, nil); err == nil || !strings.Contains(err.Error(), "test.cfg:1: frontend 'f': mode tcp is not supported yet") {
-		t.Fatalf("mode tcp: err %v", err)
-	}
-}
-
 // http-request deny answers before any routing; the server never sees it.
 func TestHTTPRequestDeny(t *testing.T) { bothPaths(t, testHTTPRequestDeny) }
 

@@ -32,6 +32,9 @@ type session struct {
 	// handing it over (so balancing picks once).
 	pre   *queue.Server
 	preBe *backend
+	// ws: the current request is a valid WebSocket handshake (the Upgrade
+	// goes to the server; a 101 turns the connection into a tunnel).
+	ws bool
 	// arrived is when the current request's first bytes were seen: its
 	// place in a queue.
 	arrived time.Time
@@ -262,6 +265,12 @@ func (s *session) handle() bool {
 			return false
 		}
 	}
+	ws, status := wsCheck(req)
+	if status != 0 {
+		s.fail(status, tm.start, termPR, nil)
+		return false
+	}
+	s.ws = ws
 	if rule := s.fe.matchRule(req); rule != nil {
 		return s.applyRule(rule, &tm)
 	}
@@ -629,7 +638,9 @@ func (s *session) requestHead(be *backend, out []byte) []byte {
 		out = req.Src.AppendTo(out)
 		out = append(out, "\r\n"...)
 	}
-	if s.fe.serverClose || be.serverClose {
+	if s.ws {
+		out = append(out, "Connection: Upgrade\r\nUpgrade: websocket\r\n"...)
+	} else if s.fe.serverClose || be.serverClose {
 		out = append(out, "Connection: close\r\n"...)
 	} else if req.Minor == 0 {
 		// Keep the server connection reusable for an HTTP/1.0 client.
