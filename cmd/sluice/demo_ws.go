@@ -72,4 +72,3 @@ ws.onclose = e => log('closed (' + e.code + ')');
 document.getElementById('f').onsubmit = e => { e.preventDefault(); ws.send(document.getElementById('m').value); };
 </script>
 `
-

@@ -313,4 +313,3 @@ func TestTCPIdle(t *testing.T) {
 		t.Errorf("idle tcp tunnel closed after %v, want ~300ms", d)
 	}
 }
-

@@ -610,4 +610,3 @@ func TestWebSocketMaxconn(t *testing.T) {
 		t.Errorf("peak open WebSockets at the server %d, want 1", p)
 	}
 }
-
