@@ -29,6 +29,8 @@ type collector struct {
 	beCur, beTotal, beQueue, beQueueMax, beQueued, beQueueTime *prometheus.Desc
 
 	srvCur, srvMax, srvTotal, srvLimit, srvQueue, srvQueueMax, srvErrors, srvStatus, srvWeight *prometheus.Desc
+
+	tunCur, tunTotal, tunBytes, tunIdle, tunKilled, srvTunnels *prometheus.Desc
 }
 
 // NewCollector returns a collector of src's counters.
@@ -60,6 +62,12 @@ func NewCollector(src Source) prometheus.Collector {
 		srvErrors:      d("server_connection_errors_total", "Failed attempts (connection errors and retries).", srv...),
 		srvWeight:      d("server_weight", "The server's weight.", srv...),
 		srvStatus:      d("server_status", "1 for the server's current state.", "proxy", "server", "state"),
+		srvTunnels:     d("server_current_tunnels", "Live tunnels (WebSocket, mode tcp) to the server; each also holds a session slot.", srv...),
+		tunCur:         d("tunnels_current", "Live tunnels (WebSocket after 101, mode tcp connections)."),
+		tunTotal:       d("tunnels_total", "Tunnels opened."),
+		tunBytes:       d("tunnel_bytes_total", "Bytes carried by tunnels (up: client to server, down: server to client).", "direction"),
+		tunIdle:        d("tunnel_idle_timeouts_total", "Tunnels closed by timeout tunnel / client-fin / server-fin."),
+		tunKilled:      d("tunnels_killed_total", "Tunnels closed by the runtime API or a hard stop."),
 	}
 }
 
@@ -74,6 +82,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
 	}
 	g(c.curConns, float64(st.CurrConns))
+	g(c.tunCur, float64(st.Tunnels.Live))
+	k(c.tunTotal, float64(st.Tunnels.Opened))
+	k(c.tunBytes, float64(st.Tunnels.Up), "up")
+	k(c.tunBytes, float64(st.Tunnels.Down), "down")
+	k(c.tunIdle, float64(st.Tunnels.IdleTimeouts))
+	k(c.tunKilled, float64(st.Tunnels.Killed))
 	g(c.maxConn, float64(st.MaxConn))
 	k(c.maxconnReached, float64(st.MaxConnReached))
 	for _, f := range st.Frontends {
@@ -97,6 +111,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			g(c.srvQueueMax, float64(s.QueueMax), b.Name, s.Name)
 			k(c.srvErrors, float64(s.Failures), b.Name, s.Name)
 			g(c.srvWeight, float64(s.Weight), b.Name, s.Name)
+			g(c.srvTunnels, float64(s.Tunnels), b.Name, s.Name)
 			for _, state := range []string{"UP", "DOWN", "MAINT", "DRAIN"} {
 				v := 0.0
 				if s.State == state {

@@ -152,6 +152,8 @@ func init() {
 		{[]string{"show", "stat"}, levelUser, "report counters for each proxy and server (HAProxy CSV)", (*Server).showStat},
 		{[]string{"show", "servers", "state"}, levelUser, "dump the state of the servers", (*Server).showServersState},
 		{[]string{"show", "sess"}, levelOperator, "list the client connections being served", (*Server).showSess},
+		{[]string{"show", "tunnels"}, levelOperator, "list the live tunnels (WebSocket, mode tcp)", (*Server).showTunnels},
+		{[]string{"shutdown", "sessions", "server"}, levelAdmin, "end every tunnel to a server: shutdown sessions server <bk>/<srv>", (*Server).shutdownSessions},
 		{[]string{"clear", "counters"}, levelOperator, "reset the maximum counters", func(s *Server, _ io.Writer, _ []string) error { s.p.ClearCounters(); return nil }},
 		{[]string{"set", "server"}, levelAdmin, "set server <bk>/<srv> state ready|drain|maint | weight <w>", (*Server).setServer},
 		{[]string{"set", "maxconn", "server"}, levelAdmin, "set maxconn server <bk>/<srv> <n>", (*Server).setMaxConn},
@@ -306,4 +308,24 @@ func (s *Server) showSess(w io.Writer, _ []string) error {
 	}
 	fmt.Fprintln(w)
 	return nil
+}
+
+func (s *Server) showTunnels(w io.Writer, _ []string) error {
+	now := time.Now()
+	fmt.Fprintln(w, "# kind frontend backend/server client age idle bytes_up bytes_down")
+	for _, t := range s.p.Tunnels().Snapshots() {
+		fmt.Fprintf(w, "%s %s %s/%s %s %s %s %d %d\n", t.Kind, t.Frontend, t.Backend, t.Server, t.Client,
+			now.Sub(t.Start).Round(time.Millisecond), now.Sub(t.LastActivity).Round(time.Millisecond), t.Up, t.Down)
+	}
+	fmt.Fprintln(w)
+	return nil
+}
+
+func (s *Server) shutdownSessions(w io.Writer, args []string) error {
+	be, srv, _, err := splitTarget(args)
+	if err != nil {
+		return err
+	}
+	_, err = s.p.ShutdownServerSessions(be, srv)
+	return err
 }

@@ -3,6 +3,8 @@ package proxy
 import (
 	"fmt"
 	"time"
+
+	"github.com/sluicelb/sluice/userspace/tunnel"
 )
 
 // Stats is a snapshot of the proxy's counters, for metrics, the stats page
@@ -15,6 +17,7 @@ type Stats struct {
 	MaxConnReached int64 // times a listener waited for a maxconn slot
 	Frontends      []FrontendStats
 	Backends       []BackendStats
+	Tunnels        tunnel.Totals // WebSocket and mode tcp tunnels
 }
 
 // FrontendStats are one frontend's counters.
@@ -51,12 +54,17 @@ type ServerStats struct {
 	QueueMax  int64
 	Failures  int64 // connection failures and retries
 	MaxQueue  int
-	ConfigMax int // configured maxconn
+	ConfigMax int   // configured maxconn
+	Tunnels   int64 // live tunnels to the server (each also holds a slot: Cur)
 }
 
 // Stats returns a snapshot of the counters.
 func (p *Proxy) Stats() Stats {
-	st := Stats{CurrConns: p.actconn.Load(), MaxConn: p.maxconn, MaxConnReached: p.maxconnReached.Load()}
+	st := Stats{CurrConns: p.actconn.Load(), MaxConn: p.maxconn, MaxConnReached: p.maxconnReached.Load(), Tunnels: p.tunnels.Totals()}
+	perServer := map[[2]string]int64{}
+	for _, t := range p.tunnels.Snapshots() {
+		perServer[[2]string{t.Backend, t.Server}]++
+	}
 	g := p.g()
 	for _, fe := range g.frontends {
 		st.Frontends = append(st.Frontends, FrontendStats{
@@ -75,7 +83,7 @@ func (p *Proxy) Stats() Stats {
 				Name: q.Name, Addr: q.Addr, State: q.State().String(), Weight: q.Weight,
 				Cur: q.Cur.Load(), Max: q.Max.Load(), Total: q.Total.Load(), Limit: q.Limit.Load(),
 				QueueCur: q.QueueCur.Load(), QueueMax: q.QueueMax.Load(), Failures: q.Failures.Load(),
-				MaxQueue: q.MaxQueue, ConfigMax: q.MaxConn,
+				MaxQueue: q.MaxQueue, ConfigMax: q.MaxConn, Tunnels: perServer[[2]string{be.name, q.Name}],
 			})
 		}
 		st.Backends = append(st.Backends, bs)
@@ -154,4 +162,19 @@ func (p *Proxy) Sessions() []SessionInfo {
 		return true
 	})
 	return out
+}
+
+// ShutdownServerSessions ends at once every tunnel (WebSocket, mode tcp) to
+// a server and closes its idle pooled connections, as HAProxy's
+// `shutdown sessions server`. It returns how many tunnels it ended.
+// Requests in progress finish: they hold a server slot for a bounded time.
+func (p *Proxy) ShutdownServerSessions(backend, name string) (int, error) {
+	s, err := p.findServer(backend, name)
+	if err != nil {
+		return 0, err
+	}
+	s.pool.closeAll()
+	n := p.tunnels.Kill(func(i tunnel.Info) bool { return i.Backend == backend && i.Server == name })
+	p.log.Info("sessions shut down", "backend", backend, "server", name, "tunnels", n)
+	return n, nil
 }

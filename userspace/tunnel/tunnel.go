@@ -153,15 +153,13 @@ func (r *Registry) Totals() Totals {
 	t := Totals{Opened: r.total.Load(), IdleTimeouts: r.idleTimeouts.Load(), Killed: r.killedTunnels.Load()}
 	r.mu.Lock()
 	t.Live = int64(len(r.live))
-	// The live tunnels' bytes first, then the ended ones: a tunnel
-	// ending meanwhile is counted at most twice, never lost.
 	for tn := range r.live {
 		t.Up += tn.up.Load()
 		t.Down += tn.down.Load()
 	}
-	r.mu.Unlock()
 	t.Up += r.upTotal.Load()
 	t.Down += r.downTotal.Load()
+	r.mu.Unlock()
 	return t
 }
 
@@ -218,13 +216,15 @@ func (t *Tunnel) Run(toServer, toClient []byte) Result {
 	t.mu.Lock()
 	term := t.term
 	t.mu.Unlock()
+	res := Result{Up: t.up.Load(), Down: t.down.Load(), Duration: time.Since(t.Start), Term: term}
+	// Leaving the live set and adding to the totals is one step under
+	// the lock, so that byte counters never go backwards.
 	r := t.reg
 	r.mu.Lock()
 	delete(r.live, t)
-	r.mu.Unlock()
-	res := Result{Up: t.up.Load(), Down: t.down.Load(), Duration: time.Since(t.Start), Term: term}
 	r.upTotal.Add(res.Up)
 	r.downTotal.Add(res.Down)
+	r.mu.Unlock()
 	if term == TermClientTO || term == TermServerTO {
 		r.idleTimeouts.Add(1)
 	}
