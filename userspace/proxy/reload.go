@@ -3,9 +3,11 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/sluicelb/sluice/pkg/config"
 	"github.com/sluicelb/sluice/userspace/queue"
+	"github.com/sluicelb/sluice/userspace/tunnel"
 )
 
 // Reload applies a new configuration without refusing or resetting a
@@ -74,6 +76,7 @@ func (p *Proxy) Reload(cfg *config.Config) (warnings []string, err error) {
 			s.pool.closeAll()
 		}
 	}
+	p.retireTunnels(g, cfg.Global.HardStopAfter)
 	p.log.Info("configuration reloaded", "frontends", len(g.frontends), "backends", len(g.backends),
 		"listeners_opened", len(added))
 	return warnings, nil
@@ -90,6 +93,9 @@ func carryState(old, g *generation) {
 			for _, ns := range nb.servers {
 				for _, os := range ob.servers {
 					if os.q.Name == ns.q.Name && os.addr == ns.addr {
+						// The slots the old server holds (requests in
+						// flight, tunnels) count against the new one.
+						ob.q.HandOver(os.q, nb.q, ns.q)
 						if a := queue.State(os.admin.Load()); a != queue.StateUp {
 							ns.admin.Store(int32(a))
 						}
@@ -135,4 +141,36 @@ func (s *session) follow() bool {
 	nfe.total.Add(1)
 	s.fe = nfe
 	return true
+}
+
+// retireTunnels deals with the tunnels whose server the new generation g no
+// longer has: they stay up (their bytes need no configuration) until
+// hard-stop-after, as an old HAProxy process would keep them, then close;
+// without hard-stop-after they live on until they end.
+func (p *Proxy) retireTunnels(g *generation, hardStop time.Duration) {
+	have := map[[2]string]bool{}
+	for _, be := range g.backends {
+		for _, s := range be.servers {
+			have[[2]string{be.name, s.q.Name}] = true
+		}
+	}
+	orphans := p.tunnels.Select(func(i tunnel.Info) bool { return !have[[2]string{i.Backend, i.Server}] })
+	if len(orphans) == 0 {
+		return
+	}
+	p.log.Info("tunnels to servers removed by the reload stay up", "tunnels", len(orphans), "hard_stop_after", hardStop)
+	if hardStop <= 0 {
+		return
+	}
+	time.AfterFunc(hardStop, func() {
+		n := 0
+		for _, t := range orphans {
+			if t.Kill() {
+				n++
+			}
+		}
+		if n > 0 {
+			p.log.Info("hard-stop-after: closed tunnels of removed servers", "tunnels", n)
+		}
+	})
 }

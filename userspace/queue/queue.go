@@ -50,6 +50,8 @@ type Server struct {
 	queue   list.List // *waiter targeted at this server
 	current int       // smooth weighted round robin state
 	effW    int       // weight in use
+	succ    *Server   // after a reload: the server whose slots ours also hold (HandOver)
+	succB   *Backend
 
 	// Counters, readable without the lock.
 	Cur      atomic.Int64 // mirrors cur
@@ -376,13 +378,36 @@ func (b *Backend) grant(s *Server) {
 
 // Release gives back the slot held on s and hands it to the oldest waiter
 // that can use it.
-func (b *Backend) Release(s *Server) {
+func (b *Backend) Release(s *Server) { b.release(s, true) }
+
+func (b *Backend) release(s *Server, leave bool) {
 	b.mu.Lock()
 	s.cur--
 	s.Cur.Store(int64(s.cur))
-	b.leave()
+	if leave {
+		b.leave()
+	}
 	b.dispatch(s)
+	succ, succB := s.succ, s.succB
 	b.mu.Unlock()
+	if succ != nil {
+		succB.release(succ, false)
+	}
+}
+
+// HandOver is for reloads: ns, the server of backend nb that replaces s,
+// starts with the slots s holds now (requests in flight, tunnels that live
+// on), and every later release of one of them frees one of ns too, so that
+// maxconn holds across configurations. Call it before nb is in use.
+func (b *Backend) HandOver(s *Server, nb *Backend, ns *Server) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	nb.mu.Lock()
+	ns.cur += s.cur
+	ns.Cur.Store(int64(ns.cur))
+	maxStore(&ns.Max, int64(ns.cur))
+	nb.mu.Unlock()
+	s.succ, s.succB = ns, nb
 }
 
 // dispatch gives free slots of s to waiters: the older of the head of s's

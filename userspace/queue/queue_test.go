@@ -345,3 +345,40 @@ func waitQueued(t *testing.T, b *Backend, n int64) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// After a reload the new server starts with the old one's slots, and a
+// release of an old slot frees a new one (dispatching the new queue).
+func TestHandOver(t *testing.T) {
+	old := &Server{Name: "s", MaxConn: 2, Weight: 1}
+	ob := NewBackend("b", []*Server{old}, roundRobin{}, time.Second)
+	s1, s2 := ob.TryAcquire(0), ob.TryAcquire(0)
+	if s1 == nil || s2 == nil {
+		t.Fatal("acquire")
+	}
+	ns := &Server{Name: "s", MaxConn: 2, Weight: 1}
+	nb := NewBackend("b", []*Server{ns}, roundRobin{}, time.Second)
+	ob.HandOver(old, nb, ns)
+	if got := nb.TryAcquire(0); got != nil {
+		t.Fatalf("new server granted a slot beyond maxconn while the old one holds 2")
+	}
+	got := make(chan *Server, 1)
+	go func() {
+		s, _ := nb.Acquire(context.Background(), 0, nil)
+		got <- s
+	}()
+	waitQueued(t, nb, 1)
+	ob.Release(s1)
+	select {
+	case s := <-got:
+		if s != ns {
+			t.Fatal("wrong server")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("releasing an old slot did not dispatch the new queue")
+	}
+	ob.Release(s2)
+	nb.Release(ns)
+	if ns.Cur.Load() != 0 || old.Cur.Load() != 0 {
+		t.Fatalf("cur old %d new %d, want 0", old.Cur.Load(), ns.Cur.Load())
+	}
+}

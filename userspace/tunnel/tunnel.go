@@ -174,24 +174,38 @@ func (r *Registry) Snapshots() []Snapshot {
 	return out
 }
 
-// Kill ends the live tunnels match selects (nil: all) and returns how many.
-func (r *Registry) Kill(match func(Info) bool) int {
+// Select returns the live tunnels match selects (nil: all).
+func (r *Registry) Select(match func(Info) bool) []*Tunnel {
 	r.mu.Lock()
-	var victims []*Tunnel
+	defer r.mu.Unlock()
+	var out []*Tunnel
 	for t := range r.live {
 		if match == nil || match(t.Info) {
-			victims = append(victims, t)
+			out = append(out, t)
 		}
 	}
-	r.mu.Unlock()
+	return out
+}
+
+// Kill ends the live tunnels match selects (nil: all) and returns how many.
+func (r *Registry) Kill(match func(Info) bool) int {
 	n := 0
-	for _, t := range victims {
-		if t.end(TermKilled, false) {
+	for _, t := range r.Select(match) {
+		if t.Kill() {
 			n++
 		}
 	}
-	r.killedTunnels.Add(int64(n))
 	return n
+}
+
+// Kill ends the tunnel now (both sides get a FIN). It reports whether the
+// tunnel was still live.
+func (t *Tunnel) Kill() bool {
+	if !t.end(TermKilled, false) {
+		return false
+	}
+	t.reg.killedTunnels.Add(1)
+	return true
 }
 
 // Snapshot returns the tunnel's counters now.
