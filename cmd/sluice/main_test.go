@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 )
 
 func runCmd(t *testing.T, args ...string) (string, string, error) {
@@ -126,6 +128,20 @@ func TestDemo(t *testing.T) {
 	if got := res.Header.Get("X-Served-By"); got != "ws1" {
 		t.Errorf("/websockets went to %q, want ws1", got)
 	}
+	// A real WebSocket through the balancer to the echo backend.
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer wcancel()
+	wc, _, err := websocket.Dial(wctx, "ws"+strings.TrimPrefix(base, "http")+"/websockets/echo", nil)
+	if err != nil {
+		t.Fatalf("demo websocket: %v", err)
+	}
+	if err := wc.Write(wctx, websocket.MessageText, []byte("hello demo")); err != nil {
+		t.Fatal(err)
+	}
+	if _, msg, err := wc.Read(wctx); err != nil || string(msg) != "hello demo" {
+		t.Errorf("demo websocket echo: %q %v", msg, err)
+	}
+	wc.Close(websocket.StatusNormalClosure, "")
 	// The stats page.
 	res, err = http.Get(base + "/stats")
 	if err != nil {
