@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"fmt"
 	"io"
@@ -311,5 +312,64 @@ func TestTCPIdle(t *testing.T) {
 	io.Copy(io.Discard, c)
 	if d := time.Since(start); d < 300*time.Millisecond || d > 800*time.Millisecond {
 		t.Errorf("idle tcp tunnel closed after %v, want ~300ms", d)
+	}
+}
+
+// TestGracefulStopTunnels: on stop, live tunnels carry on while new
+// connections are refused, until the grace period (hard-stop-after) ends
+// them; Serve then returns.
+func TestGracefulStopTunnels(t *testing.T) {
+	b := newTCPBackend(t, echo)
+	c, err := configParse(tcpCfg + "    server s1 " + b.addr() + "\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(c, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	addr := p.Addrs("fe")[0].String()
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	const grace = 600 * time.Millisecond
+	go func() { p.Serve(ctx, nil, grace); close(served) }()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	ping := func(msg string) error {
+		conn.Write([]byte(msg))
+		got := make([]byte, len(msg))
+		_, err := io.ReadFull(conn, got)
+		return err
+	}
+	if err := ping("before"); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	cancel()
+	waitUntil(t, "listener closed", func() bool {
+		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+	if err := ping("during grace"); err != nil {
+		t.Fatalf("tunnel cut before the grace period ended: %v", err)
+	}
+	io.Copy(io.Discard, conn)
+	if d := time.Since(stopped); d < grace-50*time.Millisecond || d > grace+2*time.Second {
+		t.Errorf("tunnel closed %v after stop, want ~%v", d, grace)
+	}
+	select {
+	case <-served:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not return")
 	}
 }
