@@ -322,6 +322,12 @@ func (t *Tunnel) pump(src, dst *net.TCPConn, fromClient bool, pending []byte) {
 				if time.Now().Before(t.deadline(fromClient)) {
 					continue // the other direction moved meanwhile
 				}
+				if queued(t.client) || queued(t.server) {
+					// Bytes arrived on either side that the other
+					// direction has not picked up yet: not idle.
+					t.touch()
+					continue
+				}
 				t.end(termIdle, false)
 				return
 			}
@@ -332,7 +338,13 @@ func (t *Tunnel) pump(src, dst *net.TCPConn, fromClient bool, pending []byte) {
 			t.halfClose(src, dst, fromClient)
 			return
 		}
-		dst.SetWriteDeadline(time.Now().Add(t.timeout(!fromClient)))
+		t.touch()
+		// The bytes are there: the read must not hit the idle deadline
+		// armed before they came; the write may wait for the peer as
+		// long as it may be idle.
+		now := time.Now()
+		src.SetReadDeadline(now.Add(t.timeout(fromClient)))
+		dst.SetWriteDeadline(now.Add(t.timeout(!fromClient)))
 		var n int64
 		if avail > 0 {
 			lr.N = int64(avail)

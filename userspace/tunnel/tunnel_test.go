@@ -154,7 +154,8 @@ func TestIdleBothDirections(t *testing.T) {
 			t.Fatalf("write %d: %v", i, err)
 		}
 		if _, err := io.ReadFull(to, buf); err != nil {
-			t.Fatalf("round %d: %v (tunnel closed while active)", i, err)
+			r := <-res
+			t.Fatalf("round %d: %v (tunnel closed while active: %+v)", i, err, r)
 		}
 	}
 	last := tn.Snapshot().LastActivity

@@ -45,3 +45,16 @@ func (w *waiter) wait(rc syscall.RawConn) (avail int, eof bool, err error) {
 	}
 	return avail, eof, sockErr
 }
+
+// queued reports whether c has received bytes not read yet.
+func queued(c interface {
+	SyscallConn() (syscall.RawConn, error)
+}) bool {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return false
+	}
+	n := 0
+	rc.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), sioCINQ) })
+	return n > 0
+}

@@ -8,3 +8,9 @@ import "syscall"
 type waiter struct{}
 
 func (w *waiter) wait(rc syscall.RawConn) (avail int, eof bool, err error) { return 0, false, nil }
+
+func queued(c interface {
+	SyscallConn() (syscall.RawConn, error)
+}) bool {
+	return false
+}
