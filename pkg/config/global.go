@@ -29,6 +29,22 @@ func (p *parser) globalStmt(pos Pos, words []string) {
 			p.global.NbThread = n
 		}
 		return
+	case "kernel-cgroup", "kernel-steer-cgroup":
+		// sluice extensions: the cgroup v2 directory the kernel programs
+		// attach to (counting: the daemon's own by default; steering: the
+		// cgroup v2 root, i.e. the whole host, by default).
+		if path, ok := p.oneArg(st, "a cgroup v2 directory"); ok {
+			if !strings.HasPrefix(path, "/") {
+				p.errorf(pos, "'%s' expects an absolute path, not '%s'", kw, path)
+				return
+			}
+			if kw == "kernel-cgroup" {
+				p.global.KernelCgroup = path
+			} else {
+				p.global.KernelSteerCgroup = path
+			}
+		}
+		return
 	case "hard-stop-after":
 		if d, ok := p.timeArg(st); ok {
 			p.global.HardStopAfter = d

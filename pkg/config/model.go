@@ -68,6 +68,9 @@ type Global struct {
 	HardStopAfter time.Duration // `hard-stop-after`; 0 = wait for connections forever
 	NbThread      int           // `nbthread`: event loops serving connections; 0 = one per CPU
 	StatsSockets  []StatsSocket // `stats socket`: the runtime API
+	// sluice extensions: cgroup v2 directories for the kernel programs;
+	// "" = the daemon's own cgroup (counting), the cgroup v2 root (steering).
+	KernelCgroup, KernelSteerCgroup string
 }
 
 // StatsSocket is a `stats socket PATH [mode M] [level L]` line: a unix
