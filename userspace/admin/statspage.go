@@ -116,6 +116,18 @@ func RenderStatsPage(w io.Writer, st proxy.Stats, h *History, refresh time.Durat
 			if h != nil {
 				r.Spark = sparkline(h.Server(b.Name, s.Name), h.Keep(), s.Limit)
 			}
+			if k := s.Kernel; k != nil {
+				r.Kernel, r.KEstab, r.KTW = true, num(k.Established), num(k.TimeWait)
+				var free int64
+				var per []string
+				for _, src := range k.Sources {
+					free += src.Free
+					per = append(per, fmt.Sprintf("%s: %d free, %d TIME_WAIT", src.Addr, src.Free, src.TimeWait))
+				}
+				if len(k.Sources) > 0 {
+					r.KFree, r.KFreeTitle = num(free), strings.Join(per, "\n")
+				}
+			}
 			t.Servers = append(t.Servers, r)
 		}
 		state := "UP"
@@ -166,6 +178,8 @@ type row struct {
 	Cur, Max, Limit, Total           string
 	QCur, QMax, QLimit               string
 	Errors                           string
+	Kernel                           bool // the kernel columns have figures
+	KEstab, KTW, KFree, KFreeTitle   string
 	Queueing, Full, Sum              bool
 	Spark                            template.HTML
 }
@@ -343,5 +357,5 @@ td.tr{text-align:left!important;padding:1px 4px}
 <div class="foot">CSV: append <code>;csv</code> to this page's address, or <code>show stat</code> on the stats socket.</div>
 </body>
 </html>
-{{define "row"}}<tr class="{{.Class}}"><td class="l">{{if .Sum}}Backend{{else}}{{.Name}}{{end}}</td><td class="l addr">{{.Addr}}</td><td class="st">{{.State}}</td><td>{{.Weight}}</td><td{{if .Full}} class="hot" title="at its limit"{{end}}>{{.Cur}}</td><td>{{.Max}}</td><td>{{.Limit}}</td><td>{{.Total}}</td><td{{if .Queueing}} class="hot"{{end}}>{{.QCur}}</td><td>{{.QMax}}</td><td>{{.QLimit}}</td><td>{{.Errors}}</td><td class="na k">–</td><td class="na k">–</td><td class="na k">–</td><td class="tr">{{.Spark}}</td></tr>
+{{define "row"}}<tr class="{{.Class}}"><td class="l">{{if .Sum}}Backend{{else}}{{.Name}}{{end}}</td><td class="l addr">{{.Addr}}</td><td class="st">{{.State}}</td><td>{{.Weight}}</td><td{{if .Full}} class="hot" title="at its limit"{{end}}>{{.Cur}}</td><td>{{.Max}}</td><td>{{.Limit}}</td><td>{{.Total}}</td><td{{if .Queueing}} class="hot"{{end}}>{{.QCur}}</td><td>{{.QMax}}</td><td>{{.QLimit}}</td><td>{{.Errors}}</td>{{if .Kernel}}<td class="k">{{.KEstab}}</td><td class="k">{{.KTW}}</td><td class="k" title="{{.KFreeTitle}}">{{.KFree}}</td>{{else}}<td class="na k">–</td><td class="na k">–</td><td class="na k">–</td>{{end}}<td class="tr">{{.Spark}}</td></tr>
 {{end}}`))

@@ -258,3 +258,26 @@ func equal(a, b []int64) bool {
 	}
 	return true
 }
+
+// The kernel columns show the kernel's figures when there are some, with
+// the per-source detail in the free-tuples cell's title.
+func TestStatsPageKernelColumns(t *testing.T) {
+	st := proxy.Stats{KernelMode: "ebpf", Backends: []proxy.BackendStats{{Name: "ws", Servers: []proxy.ServerStats{
+		{Name: "ws1", State: "UP", Weight: 1, Kernel: &proxy.KernelServerStats{Established: 417, TimeWait: 2931,
+			Sources: []proxy.SourceStats{{Addr: "127.0.0.2", Free: 25000, TimeWait: 2000}, {Addr: "127.0.0.3", Free: 26000, TimeWait: 931}}}},
+		{Name: "ws2", State: "UP", Weight: 1},
+	}}}}
+	var b strings.Builder
+	if err := RenderStatsPage(&b, st, nil, 0, "test"); err != nil {
+		t.Fatal(err)
+	}
+	page := b.String()
+	for _, want := range []string{`<td class="k">417</td>`, `<td class="k">2931</td>`, `>51000</td>`, "127.0.0.2: 25000 free, 2000 TIME_WAIT"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("page lacks %q", want)
+		}
+	}
+	if strings.Count(page, `<td class="na k">–</td>`) < 3 { // ws2 and the backend row have no figures
+		t.Errorf("servers without kernel figures should show dashes")
+	}
+}

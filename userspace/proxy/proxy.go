@@ -72,6 +72,10 @@ type Proxy struct {
 	// StatsPage renders the stats page (HTML, or HAProxy CSV) for frontends
 	// with `stats enable`/`stats uri`; set by the caller; nil answers 503.
 	StatsPage func(csv bool, refresh time.Duration) (body []byte, contentType string, err error)
+	// KernelStats, if set, adds the kernel's figures (KernelMode and each
+	// server's Kernel) to a Stats snapshot; set by the caller that owns the
+	// kernel counters.
+	KernelStats func(*Stats)
 }
 
 // httpRule is a compiled http-request rule: deny, or the Prometheus

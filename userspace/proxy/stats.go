@@ -18,6 +18,9 @@ type Stats struct {
 	Frontends      []FrontendStats
 	Backends       []BackendStats
 	Tunnels        tunnel.Totals // WebSocket and mode tcp tunnels
+	// KernelMode is how the kernel figures were obtained: "ebpf",
+	// "netlink", or "" when there are none.
+	KernelMode string
 }
 
 // FrontendStats are one frontend's counters.
@@ -56,6 +59,27 @@ type ServerStats struct {
 	MaxQueue  int
 	ConfigMax int   // configured maxconn
 	Tunnels   int64 // live tunnels to the server (each also holds a slot: Cur)
+	// Kernel is what the kernel counts toward the server (nil without
+	// kernel counters): filled by the Proxy's KernelStats hook.
+	Kernel *KernelServerStats
+}
+
+// KernelServerStats are the kernel's figures for one server.
+type KernelServerStats struct {
+	Established int64 // established connections from sluice (sockops)
+	TimeWait    int64 // sockets in TIME_WAIT toward the server, all sources (iter/tcp)
+	Sources     []SourceStats
+}
+
+// SourceStats are the figures of one source address toward one server.
+type SourceStats struct {
+	Addr        string
+	Established int64 // ESTABLISHED sockets (source, server)
+	TimeWait    int64
+	Occupied    int64 // sockets in any state: the tuples taken
+	Free        int64 // ports in range - occupied - dials in flight
+	Selections  int64 // times this source was picked
+	Exhausted   int64 // connects that failed for lack of a free tuple (EADDRNOTAVAIL)
 }
 
 // Stats returns a snapshot of the counters.
@@ -87,6 +111,9 @@ func (p *Proxy) Stats() Stats {
 			})
 		}
 		st.Backends = append(st.Backends, bs)
+	}
+	if p.KernelStats != nil {
+		p.KernelStats(&st)
 	}
 	return st
 }
