@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages a task needs, only those missing.
-#   scripts/install-deps.sh test    what CI needs (gcc for -race, iproute2, curl; shellcheck and ruby to check scripts and the Vagrantfile)
+#   scripts/install-deps.sh test    what CI needs (gcc for -race, iproute2, curl; shellcheck and ruby to check scripts and the Vagrantfile; chromium for the stats page browser test)
 #   scripts/install-deps.sh bpf     clang-19, llvm-19, libbpf-dev, bpftool: regenerate the eBPF objects (scripts/gen-bpf.sh)
 #   scripts/install-deps.sh bench   wrk, haproxy, nginx-light, iperf3 for scripts/bench
 set -euo pipefail
 want=()
 case "${1:-test}" in
-  test)  cmds=(gcc:gcc ip:iproute2 curl:curl shellcheck:shellcheck ruby:ruby) ;;
+  test)  cmds=(gcc:gcc ip:iproute2 curl:curl shellcheck:shellcheck ruby:ruby chromium:chromium) ;;
   bpf)   cmds=(clang-19:clang-19 llvm-strip-19:llvm-19 bpftool:bpftool /usr/include/bpf/bpf_helpers.h:libbpf-dev) ;;
   bench) cmds=(wrk:wrk haproxy:haproxy nginx:nginx-light curl:curl iperf3:iperf3) ;;
   *) echo "usage: $0 test|bpf|bench" >&2; exit 2 ;;

@@ -92,7 +92,7 @@ func RenderStatsPage(w io.Writer, st proxy.Stats, h *History, refresh time.Durat
 		d.HistoryNote = fmt.Sprintf("trend: last %s, one sample every %s", shortDur(h.Every()*time.Duration(h.Keep())), shortDur(h.Every()))
 	}
 	for _, f := range st.Frontends {
-		r := row{Name: f.Name, State: "OPEN", Class: "open", Cur: num(f.CurrSessions), Limit: limit(int64(f.MaxConn)),
+		r := row{Name: f.Name, State: "OPEN", Class: "open", Cur: num(f.CurrSessions), Max: num(f.MaxSessions), Limit: limit(int64(f.MaxConn)),
 			Total: num(f.Sessions), Spark: noHistory}
 		if h != nil {
 			r.Spark = sparkline(h.Frontend(f.Name), h.Keep(), int64(f.MaxConn))
@@ -280,6 +280,7 @@ var pageTmpl = template.Must(template.New("stats").Parse(`<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
+<link rel="icon" href="data:,">
 {{.RefreshMeta}}
 <title>sluice statistics</title>
 <style>

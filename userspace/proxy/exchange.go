@@ -32,6 +32,8 @@ type uploader struct {
 
 // exchange sends the request on uc and relays the response.
 func (s *session) exchange(be *backend, srv *server, uc *upConn, tm *timings) (o outcome) {
+	s.upstream.Store(uc.c)
+	defer s.upstream.Store(nil)
 	st := s.st
 	req := &st.req
 	fe := s.fe

@@ -121,6 +121,7 @@ type frontend struct {
 	serverClose                                         bool
 
 	cur   atomic.Int64
+	max   atomic.Int64
 	total atomic.Int64
 }
 
@@ -537,6 +538,9 @@ func (p *Proxy) Serve(ctx context.Context, access io.Writer, grace time.Duration
 		p.conns.Range(func(k, _ any) bool {
 			if s := k.(*session); !s.owned.Load() {
 				s.c.Close()
+				if uc := s.upstream.Load(); uc != nil {
+					uc.Close()
+				}
 			}
 			return true
 		})

@@ -32,6 +32,10 @@ type session struct {
 	// handing it over (so balancing picks once).
 	pre   *queue.Server
 	preBe *backend
+	// upstream is the server connection the current request uses, so that
+	// a hard stop can close it too (closing the client alone does not wake
+	// a session waiting for a response).
+	upstream atomic.Pointer[net.TCPConn]
 	// ws: the current request is a valid WebSocket handshake (the Upgrade
 	// goes to the server; a 101 turns the connection into a tunnel).
 	ws bool
@@ -75,7 +79,9 @@ func (p *Proxy) newSession(fe *frontend, c *net.TCPConn) *session {
 	}
 	p.conns.Store(s, struct{}{})
 	p.actconn.Add(1)
-	fe.cur.Add(1)
+	if n := fe.cur.Add(1); n > fe.max.Load() {
+		storeMax(&fe.max, n)
+	}
 	fe.total.Add(1)
 	return s
 }
@@ -695,4 +701,10 @@ func hashBytes(b []byte) uint64 {
 		h *= 1099511628211
 	}
 	return h
+}
+
+// storeMax raises a to v unless it is already higher.
+func storeMax(a *atomic.Int64, v int64) {
+	for old := a.Load(); v > old && !a.CompareAndSwap(old, v); old = a.Load() {
+	}
 }

@@ -27,6 +27,7 @@ type Stats struct {
 type FrontendStats struct {
 	Name         string
 	CurrSessions int64
+	MaxSessions  int64 // highest CurrSessions seen
 	Sessions     int64 // total
 	MaxConn      int   // 0 = unlimited
 }
@@ -92,7 +93,7 @@ func (p *Proxy) Stats() Stats {
 	g := p.g()
 	for _, fe := range g.frontends {
 		st.Frontends = append(st.Frontends, FrontendStats{
-			Name: fe.name, CurrSessions: fe.cur.Load(), Sessions: fe.total.Load(), MaxConn: cap(fe.sem),
+			Name: fe.name, CurrSessions: fe.cur.Load(), MaxSessions: fe.max.Load(), Sessions: fe.total.Load(), MaxConn: cap(fe.sem),
 		})
 	}
 	for _, be := range g.backends {
@@ -163,6 +164,9 @@ func (p *Proxy) SetServerMaxConn(backend, name string, n int) error {
 // ClearCounters resets the maximums (queue and sessions), as HAProxy's
 // `clear counters`.
 func (p *Proxy) ClearCounters() {
+	for _, fe := range p.g().frontends {
+		fe.max.Store(fe.cur.Load())
+	}
 	for _, be := range p.g().backends {
 		be.q.QueueMax.Store(be.q.QueueCur.Load())
 		for _, s := range be.servers {

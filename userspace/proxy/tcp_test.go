@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -372,4 +373,48 @@ func TestGracefulStopTunnels(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Serve did not return")
 	}
+}
+
+// TestHardStopAbortsWaitingRequests: when the grace period ends, a request
+// still waiting for its server's response is cut too, and Serve returns.
+func TestHardStopAbortsWaitingRequests(t *testing.T) {
+	bothPaths(t, func(t *testing.T) {
+		release := make(chan struct{})
+		defer close(release)
+		b := newTestBackend(t, "slow", func(w *rawWriter, r *http.Request, body []byte) {
+			select {
+			case <-release:
+			case <-time.After(20 * time.Second):
+			}
+			w.reply(200, "late\n")
+		})
+		c, err := configParse(basicCfg + "    server s1 " + b.addr() + "\n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := New(c, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Loops = testLoops
+		if err := p.Listen(); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		served := make(chan struct{})
+		go func() { p.Serve(ctx, nil, 300*time.Millisecond); close(served) }()
+		cl := dial(t, p.Addrs("fe")[0].String())
+		cl.send(t, "GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+		waitUntil(t, "request at the server", func() bool { return b.inflight.Load() == 1 })
+		start := time.Now()
+		cancel()
+		select {
+		case <-served:
+		case <-time.After(5 * time.Second):
+			t.Fatal("Serve still waiting for the server 5 s after the grace period")
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Errorf("hard stop took %v, want ~300ms", d)
+		}
+	})
 }
