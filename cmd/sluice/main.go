@@ -77,6 +77,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return nil
 		case "ctl":
 			return runCtl(args[1:], stdout, stderr)
+		case "doctor":
+			return runDoctor(args[1:], stdout, stderr)
 		}
 	}
 	fs := flag.NewFlagSet("sluice", flag.ContinueOnError)
@@ -246,6 +248,9 @@ func printErrors(w io.Writer, err error) {
 // serve runs a proxy whose listeners are open until ctx is done, with its
 // runtime API sockets and the stats page's history.
 func serve(ctx context.Context, cfg *config.Config, p *proxy.Proxy, log *slog.Logger, stderr io.Writer, grace time.Duration) error {
+	kv := openKernel(cfg, p, log)
+	defer kv.Close()
+	p.Reloaded = func(ncfg *config.Config) { kv.register(ncfg, p) }
 	var admins sync.WaitGroup
 	actx, stopAdmin := context.WithCancel(context.Background())
 	defer func() { stopAdmin(); admins.Wait() }()
