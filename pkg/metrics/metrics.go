@@ -31,6 +31,8 @@ type collector struct {
 	srvCur, srvMax, srvTotal, srvLimit, srvQueue, srvQueueMax, srvErrors, srvStatus, srvWeight *prometheus.Desc
 
 	tunCur, tunTotal, tunBytes, tunIdle, tunKilled, srvTunnels *prometheus.Desc
+
+	kMode, kLost, kFeEstab, kSrvEstab, kSrvTW, kSrcEstab, kSrcTW, kSrcOcc, kSrcFree *prometheus.Desc
 }
 
 // NewCollector returns a collector of src's counters.
@@ -68,6 +70,15 @@ func NewCollector(src Source) prometheus.Collector {
 		tunBytes:       d("tunnel_bytes_total", "Bytes carried by tunnels (up: client to server, down: server to client).", "direction"),
 		tunIdle:        d("tunnel_idle_timeouts_total", "Tunnels closed by timeout tunnel / client-fin / server-fin."),
 		tunKilled:      d("tunnels_killed_total", "Tunnels closed by the runtime API or a hard stop."),
+		kMode:          d("kernel_counters_mode", "1 for how the kernel figures are obtained: ebpf (sockops, iter/tcp) or netlink (sock_diag).", "mode"),
+		kLost:          d("kernel_counters_lost_total", "Events the kernel programs could not record (maps full): the kernel figures are incomplete."),
+		kFeEstab:       d("kernel_frontend_established", "Established connections on the frontend's listeners, as the kernel counts them.", fe...),
+		kSrvEstab:      d("kernel_server_established", "Established connections from sluice to the server, as the kernel counts them.", srv...),
+		kSrvTW:         d("kernel_server_time_wait", "Sockets in TIME_WAIT toward the server (all sources).", srv...),
+		kSrcEstab:      d("kernel_source_established", "Established sockets from the source address to the server.", "proxy", "server", "source"),
+		kSrcTW:         d("kernel_source_time_wait", "Sockets in TIME_WAIT from the source address to the server.", "proxy", "server", "source"),
+		kSrcOcc:        d("kernel_source_occupied", "Sockets in any state from the source address to the server: the tuples taken.", "proxy", "server", "source"),
+		kSrcFree:       d("kernel_source_free_tuples", "Tuples (source ports) still free from the source address to the server.", "proxy", "server", "source"),
 	}
 }
 
@@ -90,7 +101,20 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	k(c.tunKilled, float64(st.Tunnels.Killed))
 	g(c.maxConn, float64(st.MaxConn))
 	k(c.maxconnReached, float64(st.MaxConnReached))
+	if st.KernelMode != "" {
+		for _, m := range []string{"ebpf", "netlink"} {
+			v := 0.0
+			if st.KernelMode == m {
+				v = 1
+			}
+			g(c.kMode, v, m)
+		}
+		k(c.kLost, float64(st.KernelLost))
+	}
 	for _, f := range st.Frontends {
+		if f.Kernel != nil {
+			g(c.kFeEstab, float64(*f.Kernel), f.Name)
+		}
 		g(c.feCur, float64(f.CurrSessions), f.Name)
 		k(c.feTotal, float64(f.Sessions), f.Name)
 		g(c.feLimit, float64(f.MaxConn), f.Name)
@@ -112,6 +136,16 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			k(c.srvErrors, float64(s.Failures), b.Name, s.Name)
 			g(c.srvWeight, float64(s.Weight), b.Name, s.Name)
 			g(c.srvTunnels, float64(s.Tunnels), b.Name, s.Name)
+			if ks := s.Kernel; ks != nil {
+				g(c.kSrvEstab, float64(ks.Established), b.Name, s.Name)
+				g(c.kSrvTW, float64(ks.TimeWait), b.Name, s.Name)
+				for _, src := range ks.Sources {
+					g(c.kSrcEstab, float64(src.Established), b.Name, s.Name, src.Addr)
+					g(c.kSrcTW, float64(src.TimeWait), b.Name, s.Name, src.Addr)
+					g(c.kSrcOcc, float64(src.Occupied), b.Name, s.Name, src.Addr)
+					g(c.kSrcFree, float64(src.Free), b.Name, s.Name, src.Addr)
+				}
+			}
 			for _, state := range []string{"UP", "DOWN", "MAINT", "DRAIN"} {
 				v := 0.0
 				if s.State == state {

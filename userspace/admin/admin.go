@@ -152,6 +152,7 @@ func init() {
 		{[]string{"show", "stat"}, levelUser, "report counters for each proxy and server (HAProxy CSV)", (*Server).showStat},
 		{[]string{"show", "servers", "state"}, levelUser, "dump the state of the servers", (*Server).showServersState},
 		{[]string{"show", "sess"}, levelOperator, "list the client connections being served", (*Server).showSess},
+		{[]string{"show", "kernel"}, levelUser, "what the kernel counts: per server established and TIME_WAIT, per source tuples", (*Server).showKernel},
 		{[]string{"show", "tunnels"}, levelOperator, "list the live tunnels (WebSocket, mode tcp)", (*Server).showTunnels},
 		{[]string{"shutdown", "sessions", "server"}, levelAdmin, "end every tunnel to a server: shutdown sessions server <bk>/<srv>", (*Server).shutdownSessions},
 		{[]string{"clear", "counters"}, levelOperator, "reset the maximum counters", func(s *Server, _ io.Writer, _ []string) error { s.p.ClearCounters(); return nil }},
@@ -328,4 +329,41 @@ func (s *Server) shutdownSessions(w io.Writer, args []string) error {
 	}
 	_, err = s.p.ShutdownServerSessions(be, srv)
 	return err
+}
+
+func (s *Server) showKernel(w io.Writer, _ []string) error {
+	st := s.p.Stats()
+	if st.KernelMode == "" {
+		fmt.Fprintln(w, "mode: none (kernel counters unavailable)")
+		fmt.Fprintln(w)
+		return nil
+	}
+	fmt.Fprintf(w, "mode: %s\nlost: %d\n", st.KernelMode, st.KernelLost)
+	fmt.Fprintln(w, "# frontend established")
+	for _, f := range st.Frontends {
+		if f.Kernel != nil {
+			fmt.Fprintf(w, "%s %d\n", f.Name, *f.Kernel)
+		}
+	}
+	fmt.Fprintln(w, "# backend/server addr established time_wait")
+	for _, b := range st.Backends {
+		for _, v := range b.Servers {
+			if k := v.Kernel; k != nil {
+				fmt.Fprintf(w, "%s/%s %s %d %d\n", b.Name, v.Name, v.Addr, k.Established, k.TimeWait)
+			}
+		}
+	}
+	fmt.Fprintln(w, "# backend/server source established time_wait occupied free selections exhausted")
+	for _, b := range st.Backends {
+		for _, v := range b.Servers {
+			if k := v.Kernel; k != nil {
+				for _, src := range k.Sources {
+					fmt.Fprintf(w, "%s/%s %s %d %d %d %d %d %d\n", b.Name, v.Name, src.Addr, src.Established, src.TimeWait,
+						src.Occupied, src.Free, src.Selections, src.Exhausted)
+				}
+			}
+		}
+	}
+	fmt.Fprintln(w)
+	return nil
 }

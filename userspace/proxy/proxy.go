@@ -76,6 +76,9 @@ type Proxy struct {
 	// server's Kernel) to a Stats snapshot; set by the caller that owns the
 	// kernel counters.
 	KernelStats func(*Stats)
+	// Reloaded, if set, is called after a reload took effect (outside the
+	// proxy's locks), e.g. to register the new servers with the kernel.
+	Reloaded func(*config.Config)
 }
 
 // httpRule is a compiled http-request rule: deny, or the Prometheus

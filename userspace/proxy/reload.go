@@ -22,6 +22,14 @@ import (
 // Global settings that shape the process itself (global maxconn, nbthread,
 // stats sockets) need a restart; Reload reports them.
 func (p *Proxy) Reload(cfg *config.Config) (warnings []string, err error) {
+	warnings, err = p.reload(cfg)
+	if err == nil && p.Reloaded != nil {
+		p.Reloaded(cfg)
+	}
+	return warnings, err
+}
+
+func (p *Proxy) reload(cfg *config.Config) (warnings []string, err error) {
 	p.lmu.Lock()
 	defer p.lmu.Unlock()
 	if p.closing.Load() {

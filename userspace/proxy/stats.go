@@ -21,6 +21,9 @@ type Stats struct {
 	// KernelMode is how the kernel figures were obtained: "ebpf",
 	// "netlink", or "" when there are none.
 	KernelMode string
+	// KernelLost counts events the kernel programs could not record (map
+	// full): non-zero means the kernel figures are incomplete.
+	KernelLost int64
 }
 
 // FrontendStats are one frontend's counters.
@@ -30,6 +33,9 @@ type FrontendStats struct {
 	MaxSessions  int64 // highest CurrSessions seen
 	Sessions     int64 // total
 	MaxConn      int   // 0 = unlimited
+	// Kernel is the established connections the kernel counts on the
+	// frontend's listeners (nil without kernel counters).
+	Kernel *int64
 }
 
 // BackendStats are one backend's counters.
