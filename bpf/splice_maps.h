@@ -1,0 +1,63 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//
+// Maps of splice.c. The sizes are defaults: the daemon sets max_entries at
+// load time (two entries per tunnel).
+#ifndef SPLICE_MAPS_H
+#define SPLICE_MAPS_H
+
+#define SPLICE_MAX_SOCKETS 65536
+
+// One tunnel socket, keyed by its socket cookie. The daemon writes it once at
+// insertion (peer, last_ns = now, the rest 0); from then on only the verdict
+// program writes it (the daemon reads).
+struct splice_sock {
+	__u64 peer;       // socket cookie of the other socket of the tunnel
+	__u64 bytes;      // bytes received here and redirected to the peer's egress
+	__u64 passed;     // bytes received here and handed to userspace (overflow)
+	__u64 last_ns;    // bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the last byte
+	__u64 overflows;  // times the peer's queue went over the limit
+	__u32 queued_max; // most bytes seen queued in the peer's psock
+	__u32 seq0;       // the peer's write_seq at the first verdict
+	__u8 seq0_set;    // seq0 is valid
+	__u8 paused;      // overflow: passing to userspace until it has caught up
+	__u8 pad[6];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SPLICE_MAX_SOCKETS);
+	__type(key, __u64);
+	__type(value, struct splice_sock);
+} splice_state SEC(".maps");
+
+// Written by the daemon only: of the bytes passed to it, how many it has
+// written into the peer's send queue. The program resumes redirecting when
+// this catches up with splice_sock.passed.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SPLICE_MAX_SOCKETS);
+	__type(key, __u64);
+	__type(value, __u64);
+} splice_drained SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, SPLICE_MAX_SOCKETS);
+	__type(key, __u64);
+	__type(value, __u64);
+} splice_targets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, SPLICE_MAX_SOCKETS);
+	__type(key, __u64);
+	__type(value, __u64);
+} splice_socks SEC(".maps");
+
+// Socket cookies of sockets that just went into overflow: wakes the daemon.
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} splice_events SEC(".maps");
+
+#endif

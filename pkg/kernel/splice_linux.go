@@ -1,0 +1,918 @@
+//go:build linux
+
+package kernel
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
+)
+
+// Test switches.
+var (
+	// spliceUseSkbVerdict attaches sk_skb/verdict instead of
+	// sk_skb/stream_verdict: the same program through the same kernel path
+	// (no stream parser: sk_data_ready -> tcp_read_skb).
+	spliceUseSkbVerdict = false
+	// spliceNoKick leaves the receive queue alone after insertion.
+	spliceNoKick = false
+)
+
+// Splicer owns the loaded splice programs and maps. It is safe for concurrent
+// use. Close it only when the daemon stops: it ends every pair still spliced.
+type Splicer struct {
+	log      *slog.Logger
+	cfg      SplicerConfig
+	objs     spliceObjects
+	prog     *ebpf.Program
+	attach   ebpf.AttachType
+	link     link.Link // nil when attached with BPF_PROG_ATTACH (kernels before 6.10)
+	ep       *spliceEpoll
+	events   *ringbuf.Reader
+	eventsWG sync.WaitGroup
+	mu       sync.Mutex
+	closed   bool
+	nextID   uint64
+	pairs    map[uint64]*SplicedPair
+	byCookie map[uint64]*SplicedPair
+	closeMu  sync.Mutex // serialises Close
+}
+
+// OpenSplicer loads bpf/splice.c and attaches its verdict program to the
+// verdict sockhash. It fails (wrapping ErrSpliceUnsupported) when the kernel
+// or the process's privileges do not allow it: the caller then copies every
+// tunnel in userspace.
+func OpenSplicer(logger *slog.Logger, cfg SplicerConfig) (*Splicer, error) {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	if cfg.MaxPairs <= 0 {
+		cfg.MaxPairs = DefaultSpliceMaxPairs
+	}
+	if cfg.MaxQueue <= 0 {
+		cfg.MaxQueue = DefaultSpliceMaxQueue
+	}
+	if cfg.SndBuf == 0 {
+		cfg.SndBuf = DefaultSpliceSndBuf
+	}
+	spec, err := loadSplice()
+	if err != nil {
+		return nil, fmt.Errorf("splice: %w: %w", ErrSpliceUnsupported, err)
+	}
+	for _, name := range []string{spliceMapSpliceState, spliceMapSpliceDrained, spliceMapSpliceTargets, spliceMapSpliceSocks} {
+		spec.Maps[name].MaxEntries = uint32(2 * cfg.MaxPairs)
+	}
+	if err := spec.Variables["splice_queue_max"].Set(uint32(min(cfg.MaxQueue, 1<<30))); err != nil {
+		return nil, fmt.Errorf("splice: set splice_queue_max: %w", err)
+	}
+	s := &Splicer{log: logger, cfg: cfg, pairs: make(map[uint64]*SplicedPair), byCookie: make(map[uint64]*SplicedPair)}
+	if err := spec.LoadAndAssign(&s.objs, nil); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("splice: load programs: %w: %+v", ErrSpliceUnsupported, ve)
+		}
+		return nil, fmt.Errorf("splice: load programs: %w: %w", ErrSpliceUnsupported, err)
+	}
+	s.prog, s.attach = s.objs.SpliceStreamVerdict, ebpf.AttachSkSKBStreamVerdict
+	if spliceUseSkbVerdict {
+		s.prog, s.attach = s.objs.SpliceSkbVerdict, ebpf.AttachSkSKBVerdict
+	}
+	mode := "link"
+	s.link, err = link.AttachRawLink(link.RawLinkOptions{Target: s.objs.SpliceSocks.FD(), Program: s.prog, Attach: s.attach})
+	if err != nil {
+		// Sockmap links are new in 6.10; older kernels attach to the map,
+		// which holds the program until the map goes away.
+		mode = "prog-attach"
+		if err2 := link.RawAttachProgram(link.RawAttachProgramOptions{Target: s.objs.SpliceSocks.FD(), Program: s.prog, Attach: s.attach}); err2 != nil {
+			s.objs.Close()
+			return nil, fmt.Errorf("splice: attach %s to sockhash: %w: %w (link: %v)", s.attach, ErrSpliceUnsupported, err2, err)
+		}
+	}
+	if s.events, err = ringbuf.NewReader(s.objs.SpliceEvents); err != nil {
+		s.detach()
+		s.objs.Close()
+		return nil, fmt.Errorf("splice: ring buffer reader: %w: %w", ErrSpliceUnsupported, err)
+	}
+	if s.ep, err = newSpliceEpoll(); err != nil {
+		s.events.Close()
+		s.detach()
+		s.objs.Close()
+		return nil, fmt.Errorf("splice: %w", err)
+	}
+	s.eventsWG.Add(1)
+	go s.readEvents()
+	logger.Info("kernel splice ready", "attach", s.attach.String(), "mode", mode, "max_pairs", cfg.MaxPairs, "max_queue", cfg.MaxQueue, "sndbuf", cfg.SndBuf)
+	return s, nil
+}
+
+// readEvents wakes the pairs whose program went into overflow.
+func (s *Splicer) readEvents() {
+	defer s.eventsWG.Done()
+	var rec ringbuf.Record
+	for {
+		if err := s.events.ReadInto(&rec); err != nil {
+			if errors.Is(err, ringbuf.ErrClosed) {
+				return
+			}
+			s.log.Warn("splice: read overflow events", "err", err)
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		if len(rec.RawSample) < 8 {
+			continue
+		}
+		cookie := binary.NativeEndian.Uint64(rec.RawSample)
+		s.mu.Lock()
+		p := s.byCookie[cookie]
+		s.mu.Unlock()
+		if p != nil {
+			p.wake()
+		}
+	}
+}
+
+func (s *Splicer) detach() {
+	if s.link != nil {
+		s.link.Close()
+		s.link = nil
+		return
+	}
+	link.RawDetachProgram(link.RawDetachProgramOptions{Target: s.objs.SpliceSocks.FD(), Program: s.prog, Attach: s.attach})
+}
+
+// Close ends every pair still spliced (as if its context had been canceled;
+// a pair whose Wait was never called is torn down and its sockets closed),
+// then unloads the programs and maps.
+func (s *Splicer) Close() error {
+	s.closeMu.Lock()
+	defer s.closeMu.Unlock()
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	pairs := make([]*SplicedPair, 0, len(s.pairs))
+	for _, p := range s.pairs {
+		pairs = append(pairs, p)
+	}
+	s.mu.Unlock()
+	for _, p := range pairs {
+		p.stopOnce.Do(func() { close(p.stop) })
+		if p.waitStarted.CompareAndSwap(false, true) {
+			p.finish(SpliceEndCanceled)
+		}
+	}
+	for _, p := range pairs {
+		select {
+		case <-p.done:
+		case <-time.After(5 * time.Second):
+			s.log.Warn("splice: pair did not end within 5s of Close", "pair", p.id)
+		}
+	}
+	s.events.Close()
+	s.eventsWG.Wait()
+	s.ep.close()
+	s.detach()
+	return s.objs.Close()
+}
+
+// SplicedPair is one tunnel whose bytes the kernel moves. Wait runs it.
+type SplicedPair struct {
+	s           *Splicer
+	id          uint64
+	fd          [2]int    // our own descriptors of a and b (dups; the TCPConns are closed)
+	cookie      [2]uint64 // socket cookies: the map keys
+	base        [2]uint64 // write position (bytes acked + unacked) of a and b when spliced
+	start       time.Time
+	notify      chan struct{} // a state change, an overflow, writable/readable during one
+	stop        chan struct{} // closed by Splicer.Close
+	stopOnce    sync.Once
+	done        chan struct{} // closed when the pair is torn down
+	waitStarted atomic.Bool
+	result      SpliceResult
+	finishOnce  sync.Once
+
+	// Owned by the goroutine running Wait.
+	fin     [2]bool   // FIN received on side i has been passed on (shutdown of the peer's write side)
+	wrote   [2]uint64 // overflow bytes received on i that Wait wrote into the peer
+	drained [2]uint64 // of those, the ones consumed from i and recorded in splice_drained
+	ov      [2]spliceOverflow
+	evs     [2]uint32 // epoll events registered for fd[i]
+}
+
+// spliceOverflow is one direction's overflow episode: the program passes the
+// bytes received on side i to userspace until Wait has written them all out.
+type spliceOverflow struct {
+	started bool    // the kernel's queue for the peer has been seen empty: Wait may write
+	buf     *[]byte // peek buffer (pooled), nil outside an episode
+	peeked  int     // bytes of buf peeked from i (not consumed yet)
+	sent    int     // bytes of buf already written to the peer
+}
+
+var spliceBufPool = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
+func (p *SplicedPair) wake() {
+	select {
+	case p.notify <- struct{}{}:
+	default:
+	}
+}
+
+// Splice hands the two connected sockets of a tunnel to the kernel: from now
+// on bytes arriving on a leave through b and the other way round, without
+// passing through userspace. a is the client side (accepted), b the server
+// side (dialed); the names only matter for the fin timeouts and SpliceEnd.
+//
+// Before calling it, the caller must have stopped reading a and b and written
+// out, with ordinary writes, every byte it had read from one side and not yet
+// forwarded to the other. Bytes the sockets received after the caller's last
+// read are forwarded by the kernel, in order, after those (see "Hand-over
+// protocol" in splice.go).
+//
+// On success the pair owns the sockets: a and b are closed (the pair keeps
+// its own duplicates of their descriptors, outside Go's netpoller, so that the
+// runtime is not woken for every skb) and must not be used again; call Wait
+// exactly once, which closes the duplicates when the tunnel ends.
+// On error the caller still owns a and b: if the error wraps
+// ErrSpliceFallback they are intact (copy in userspace); otherwise close them.
+func (s *Splicer) Splice(a, b *net.TCPConn) (*SplicedPair, error) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("splice: splicer closed: %w", ErrSpliceFallback)
+	}
+	s.nextID++
+	p := &SplicedPair{
+		s: s, id: s.nextID, fd: [2]int{-1, -1}, start: time.Now(),
+		notify: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+	}
+	s.mu.Unlock()
+
+	for i, c := range []*net.TCPConn{a, b} {
+		fd, err := spliceDupConn(c)
+		if err != nil {
+			p.closeFDs()
+			return nil, fmt.Errorf("splice: dup %s: %w: %w", sideName(i), ErrSpliceFallback, err)
+		}
+		p.fd[i] = fd
+	}
+	for i, fd := range p.fd {
+		if s.cfg.SndBuf > 0 {
+			// getsockopt reports the doubled value setsockopt stores.
+			if cur, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF); err == nil && cur < 2*s.cfg.SndBuf {
+				unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, s.cfg.SndBuf)
+			}
+		}
+		var err error
+		if p.cookie[i], err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE); err != nil {
+			p.closeFDs()
+			return nil, fmt.Errorf("splice: cookie of %s: %w: %w", sideName(i), ErrSpliceFallback, err)
+		}
+	}
+	if err := spliceDrainQueues(a, b, p.fd); err != nil {
+		p.closeFDs()
+		return nil, fmt.Errorf("splice: %w: %w", ErrSpliceFallback, err)
+	}
+	for i, fd := range p.fd {
+		var err error
+		if p.base[i], err = spliceWritten(fd); err != nil {
+			p.closeFDs()
+			return nil, fmt.Errorf("splice: send queue of %s: %w: %w", sideName(i), ErrSpliceFallback, err)
+		}
+	}
+	// Known before insertion, so an overflow right away finds the pair.
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		p.closeFDs()
+		return nil, fmt.Errorf("splice: splicer closed: %w", ErrSpliceFallback)
+	}
+	s.pairs[p.id] = p
+	s.byCookie[p.cookie[0]] = p
+	s.byCookie[p.cookie[1]] = p
+	s.mu.Unlock()
+	forget := func() {
+		s.mu.Lock()
+		delete(s.pairs, p.id)
+		delete(s.byCookie, p.cookie[0])
+		delete(s.byCookie, p.cookie[1])
+		s.mu.Unlock()
+	}
+	if err := p.insert(); err != nil {
+		forget()
+		p.closeFDs()
+		return nil, err
+	}
+	// Both sockets redirect now. Hand whatever waited in their receive
+	// queues to the program (see "Hand-over protocol", step 3).
+	p.kick(0)
+	p.kick(1)
+	if err := s.ep.add(p); err != nil {
+		// Cannot watch the pair: undo. Bytes already redirected must reach
+		// the peers' send queues first, or they are lost.
+		ferr := p.rollback()
+		forget()
+		p.closeFDs()
+		if ferr != nil {
+			return nil, fmt.Errorf("splice: watch pair: %w; undo: %w", err, ferr)
+		}
+		return nil, fmt.Errorf("splice: watch pair: %w: %w", ErrSpliceFallback, err)
+	}
+	p.evs = [2]uint32{spliceEpollBase, spliceEpollBase}
+	a.Close()
+	b.Close()
+	return p, nil
+}
+
+// spliceDrainQueues reads, in userspace, everything waiting in the receive
+// queues of a and b and writes it to the other side, until one pass finds
+// both empty. This is step 2 of the hand-over protocol, and it is needed for
+// more than tidiness: tcp_read_skb (6.18) hands the verdict program whole skbs
+// from the head of the queue and ignores how much of the head skb a previous
+// read() already consumed, so a partially read skb would be forwarded again
+// from its start (measured: the peer got the stream's first bytes twice). A
+// read that returns EAGAIN has consumed and unlinked every skb; skbs arriving
+// after it are whole, and the program forwards them after these bytes. The
+// caller's conns are intact if this fails: it wrote what it read, in order.
+func spliceDrainQueues(a, b *net.TCPConn, fd [2]int) error {
+	conns := [2]*net.TCPConn{a, b}
+	bp := spliceBufPool.Get().(*[]byte)
+	defer spliceBufPool.Put(bp)
+	buf := *bp
+	const maxBytes = 16 << 20 // a sender that never pauses: copy it in userspace instead
+	moved := 0
+	for quiet := false; !quiet; {
+		quiet = true
+		for i := 0; i < 2; i++ {
+			for {
+				n, _, err := unix.Recvfrom(fd[i], buf, unix.MSG_DONTWAIT)
+				if n <= 0 {
+					if err == unix.EINTR {
+						continue
+					}
+					if err != nil && err != unix.EAGAIN {
+						return fmt.Errorf("read %s: %w", sideName(i), err)
+					}
+					break // EAGAIN, or EOF: the FIN is seen by Wait
+				}
+				quiet = false
+				if moved += n; moved > maxBytes {
+					return fmt.Errorf("%s kept sending (%d bytes) while being handed over", sideName(i), moved)
+				}
+				peer := conns[1-i]
+				peer.SetWriteDeadline(time.Now().Add(5 * time.Second))
+				_, werr := peer.Write(buf[:n])
+				peer.SetWriteDeadline(time.Time{})
+				if werr != nil {
+					return fmt.Errorf("write %s: %w", sideName(1-i), werr)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func sideName(i int) string {
+	if i == 0 {
+		return "client side (a)"
+	}
+	return "server side (b)"
+}
+
+// spliceDupConn returns a close-on-exec duplicate of c's descriptor that Go's
+// netpoller knows nothing about. It shares the original's O_NONBLOCK.
+func spliceDupConn(c *net.TCPConn) (int, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	nfd := -1
+	var derr error
+	if err := rc.Control(func(fd uintptr) {
+		nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return -1, err
+	}
+	return nfd, derr
+}
+
+// spliceWritten is the number of bytes written into the socket so far, as
+// bytes acked + bytes still in the send queue (SIOCOUTQ: write_seq - snd_una),
+// give or take a constant (the SYN). It is read acked-first, so a concurrent
+// ACK can only make it smaller than the truth: a flush check that compares it
+// with the program's counter never passes early.
+func spliceWritten(fd int) (uint64, error) {
+	ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		return 0, fmt.Errorf("TCP_INFO: %w", err)
+	}
+	outq, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+	if err != nil {
+		return 0, fmt.Errorf("SIOCOUTQ: %w", err)
+	}
+	return ti.Bytes_acked + uint64(outq), nil
+}
+
+func spliceMonoNs() uint64 {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return uint64(ts.Nano())
+}
+
+// The insertion steps, in order; removal goes backwards.
+func (p *SplicedPair) steps() []*ebpf.Map {
+	m := &p.s.objs
+	return []*ebpf.Map{m.SpliceState, m.SpliceState, m.SpliceDrained, m.SpliceDrained, m.SpliceTargets, m.SpliceTargets, m.SpliceSocks, m.SpliceSocks}
+}
+
+const (
+	spliceStepsBeforeSocks = 6 // entries inserted before any socket redirects
+	spliceStepsAll         = 8
+)
+
+// insert puts both sockets in the maps: state, drained, then redirect
+// targets, then the verdict sockhash, so a socket only starts redirecting once
+// its peer can be redirected to. On failure everything inserted is undone.
+func (p *SplicedPair) insert() error {
+	now := spliceMonoNs()
+	var err error
+	n := 0
+	for k, m := range p.steps() {
+		i := k % 2
+		switch k / 2 {
+		case 0:
+			err = m.Update(p.cookie[i], spliceSpliceSock{Peer: p.cookie[1-i], LastNs: now}, ebpf.UpdateNoExist)
+		case 1:
+			err = m.Update(p.cookie[i], uint64(0), ebpf.UpdateNoExist)
+		default:
+			err = m.Update(p.cookie[i], uint64(p.fd[i]), ebpf.UpdateNoExist)
+		}
+		if err != nil {
+			break
+		}
+		n++
+	}
+	if err == nil {
+		return nil
+	}
+	what := "insert into splice maps"
+	if errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ENOMEM) {
+		what = "splice maps full"
+	}
+	if n <= spliceStepsBeforeSocks {
+		// No socket was redirecting yet: nothing can have moved.
+		p.removeUpTo(n)
+		return fmt.Errorf("splice: %s: %w: %w", what, ErrSpliceFallback, err)
+	}
+	if ferr := p.rollback(); ferr != nil {
+		return fmt.Errorf("splice: %s: %w; undo: %w", what, err, ferr)
+	}
+	return fmt.Errorf("splice: %s: %w: %w", what, ErrSpliceFallback, err)
+}
+
+// removeUpTo deletes the first n entries insert made, in reverse order.
+// Entries the kernel already removed (a socket that reached TCP_CLOSE leaves
+// its sockhashes) are fine.
+func (p *SplicedPair) removeUpTo(n int) {
+	steps := p.steps()
+	for k := n - 1; k >= 0; k-- {
+		steps[k].Delete(p.cookie[k%2])
+	}
+}
+
+// rollback undoes a splice that has (maybe) started moving bytes: it stops
+// the verdicts, waits (bounded) until everything the kernel redirected has
+// entered the peers' send queues, then removes the rest. An error means bytes
+// may have been lost (also if the program had already passed bytes to
+// userspace: they stay in the kernel's ingress queue of the socket, which is
+// dropped with it).
+func (p *SplicedPair) rollback() error {
+	m := &p.s.objs
+	for i := 0; i < 2; i++ {
+		m.SpliceSocks.Delete(p.cookie[i])
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	var err error
+	for i := 0; i < 2 && err == nil; i++ {
+		for {
+			st, lerr := p.lookup(i)
+			if lerr != nil {
+				err = lerr
+				break
+			}
+			if st.Passed != 0 {
+				err = fmt.Errorf("%d bytes from %s were in overflow", st.Passed, sideName(i))
+				break
+			}
+			ok, ferr := p.flushed(i, st)
+			if ferr != nil {
+				err = ferr
+				break
+			}
+			if ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				err = fmt.Errorf("bytes redirected from %s still queued after 2s", sideName(i))
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	p.removeUpTo(spliceStepsBeforeSocks)
+	return err
+}
+
+func (p *SplicedPair) closeFDs() {
+	for i, fd := range p.fd {
+		if fd >= 0 {
+			unix.Close(fd)
+			p.fd[i] = -1
+		}
+	}
+}
+
+// kick makes the kernel run side i's receive queue through the verdict
+// program now: tcp_bpf_recvmsg_parser calls tcp_data_ready under the socket
+// lock when the queue is not empty. MSG_PEEK: bytes the program passed to
+// userspace stay where they are.
+func (p *SplicedPair) kick(i int) {
+	if spliceNoKick {
+		return
+	}
+	var b [1]byte
+	unix.Recvfrom(p.fd[i], b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+}
+
+func (p *SplicedPair) lookup(i int) (spliceSpliceSock, error) {
+	var st spliceSpliceSock
+	if err := p.s.objs.SpliceState.Lookup(p.cookie[i], &st); err != nil {
+		return st, fmt.Errorf("lookup counters of %s: %w", sideName(i), err)
+	}
+	return st, nil
+}
+
+// flushed reports whether the peer's psock holds nothing more from side i:
+// every byte the program redirected from i, and every overflow byte Wait wrote
+// for i, has entered the peer's send queue.
+func (p *SplicedPair) flushed(i int, st spliceSpliceSock) (bool, error) {
+	w, err := spliceWritten(p.fd[1-i])
+	if err != nil {
+		return false, fmt.Errorf("send queue of %s: %w", sideName(1-i), err)
+	}
+	return w-p.base[1-i] >= st.Bytes+p.wrote[i], nil
+}
+
+// Stats reads the kernel's counters of the pair. After Wait has returned it
+// returns the final counters.
+func (p *SplicedPair) Stats() SpliceStats {
+	select {
+	case <-p.done:
+		return p.result.SpliceStats
+	default:
+	}
+	st, _ := p.readStats()
+	return st
+}
+
+func (p *SplicedPair) readStats() (SpliceStats, error) {
+	var v [2]spliceSpliceSock
+	var err error
+	for i := range v {
+		if e := p.s.objs.SpliceState.Lookup(p.cookie[i], &v[i]); e != nil && err == nil {
+			err = e
+		}
+	}
+	st := SpliceStats{
+		AtoB: v[0].Bytes + v[0].Passed, BtoA: v[1].Bytes + v[1].Passed,
+		Overflow: v[0].Passed + v[1].Passed, Overflows: v[0].Overflows + v[1].Overflows,
+	}
+	st.LastActivityNs = max(v[0].LastNs, v[1].LastNs)
+	if st.LastActivityNs != 0 {
+		st.LastActivity = time.Now().Add(-time.Duration(spliceMonoNs() - st.LastActivityNs))
+	}
+	return st, err
+}
+
+// Wait runs the pair until the tunnel ends and returns the final counters and
+// the reason. It reads no data while the kernel keeps up: it watches both
+// sockets for FIN, RST and errors (one epoll shared by all pairs, woken only
+// by state changes), and
+//   - passes a FIN on as a FIN (shutdown(SHUT_WR) of the peer), once every
+//     byte received before it has entered the peer's send queue; the other
+//     direction keeps flowing;
+//   - passes an RST (or any socket error) on as an RST (SO_LINGER 0 + close);
+//   - when a reader is slower than its writer and the kernel's queue for it
+//     reaches SplicerConfig.MaxQueue, writes out, in order, the bytes the
+//     program hands it until the kernel takes over again;
+//   - ends the tunnel when no byte moved in either direction for idle (from
+//     the kernel's last-activity clock; 0: no idle timeout); once the server's
+//     FIN has been passed to the client, clientFin bounds the inactivity
+//     instead if it is shorter, and serverFin once the client's FIN has been
+//     passed to the server (HAProxy's timeout client-fin/server-fin);
+//   - ends it when ctx is done (returns ctx.Err()) or the Splicer closes.
+//
+// When both FINs have been passed on, the sockets are closed normally (the
+// kernel still delivers their send queues); on timeouts and cancellation they
+// are closed normally too (the kernel sends an RST if unread bytes remain).
+// In every case Wait removes the pair's map entries and closes both sockets
+// before it returns. The error is nil unless ctx ended the pair or a syscall
+// failed.
+func (p *SplicedPair) Wait(ctx context.Context, idle, clientFin, serverFin time.Duration) (SpliceResult, error) {
+	if !p.waitStarted.CompareAndSwap(false, true) {
+		<-p.done
+		return p.result, errors.New("splice: Wait called twice or after Splicer.Close")
+	}
+	end, err := p.run(ctx, idle, clientFin, serverFin)
+	p.finish(end)
+	return p.result, err
+}
+
+func (p *SplicedPair) run(ctx context.Context, idle, clientFin, serverFin time.Duration) (SpliceEnd, error) {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	last := spliceMonoNs() // activity seen so far (kernel clock), or a half-close
+	var retry time.Duration
+	for {
+		end, st, err := p.step()
+		if end != 0 {
+			return end, err
+		}
+		// Timeout in force: the idle one, or a fin timeout once half-closed.
+		timeout, endKind := idle, SpliceEndIdle
+		if p.fin[0] && serverFin > 0 && (timeout <= 0 || serverFin < timeout) {
+			timeout, endKind = serverFin, SpliceEndFinTimeout
+		}
+		if p.fin[1] && clientFin > 0 && (timeout <= 0 || clientFin < timeout) {
+			timeout, endKind = clientFin, SpliceEndFinTimeout
+		}
+		now := spliceMonoNs()
+		last = max(last, st.halfClosedAt, st.lastNs)
+		var next time.Duration = -1
+		if timeout > 0 {
+			if now >= last+uint64(timeout) {
+				// Maybe: ask the kernel when bytes last moved.
+				if s, err := p.readStats(); err == nil {
+					last = max(last, s.LastActivityNs)
+				}
+				if now >= last+uint64(timeout) {
+					return endKind, nil
+				}
+			}
+			next = time.Duration(last + uint64(timeout) - now)
+		}
+		if st.retry {
+			// Waiting for the kernel to push bytes out (a FIN or an
+			// overflow waits for them); no event says when.
+			if retry == 0 {
+				retry = 500 * time.Microsecond
+			} else if retry < 32*time.Millisecond {
+				retry *= 2
+			}
+			if next < 0 || retry < next {
+				next = retry
+			}
+		} else {
+			retry = 0
+		}
+		if next < 0 {
+			next = time.Hour
+		}
+		timer.Reset(next)
+		select {
+		case <-p.notify:
+		case <-timer.C:
+		case <-p.stop:
+			return SpliceEndCanceled, nil
+		case <-ctx.Done():
+			return SpliceEndCanceled, ctx.Err()
+		}
+	}
+}
+
+type spliceStepState struct {
+	retry        bool   // something waits for the kernel with no event to say when: poll again soon
+	halfClosedAt uint64 // CLOCK_MONOTONIC ns of a FIN passed on in this step
+	lastNs       uint64 // last activity read from the kernel in this step
+}
+
+// step looks at both sockets once and does what their state asks.
+func (p *SplicedPair) step() (SpliceEnd, spliceStepState, error) {
+	var st spliceStepState
+	pfd := []unix.PollFd{
+		{Fd: int32(p.fd[0]), Events: unix.POLLRDHUP},
+		{Fd: int32(p.fd[1]), Events: unix.POLLRDHUP},
+	}
+	for {
+		_, err := unix.Poll(pfd, 0)
+		if err == nil {
+			break
+		}
+		if err != unix.EINTR {
+			return SpliceEndError, st, fmt.Errorf("splice: poll: %w", err)
+		}
+	}
+	for i := 0; i < 2; i++ {
+		re := pfd[i].Revents
+		if re&unix.POLLNVAL != 0 {
+			return SpliceEndError, st, fmt.Errorf("splice: %s descriptor closed under the pair", sideName(i))
+		}
+		if re&unix.POLLERR != 0 {
+			if i == 0 {
+				return SpliceEndClientReset, st, nil
+			}
+			return SpliceEndServerReset, st, nil
+		}
+	}
+	want := [2]uint32{spliceEpollBase, spliceEpollBase}
+	for i := 0; i < 2; i++ {
+		rdhup := !p.fin[i] && pfd[i].Revents&unix.POLLRDHUP != 0
+		if rdhup {
+			// i sent its FIN: make the program see everything before it.
+			p.kick(i)
+		}
+		ks, err := p.lookup(i)
+		if err != nil {
+			return SpliceEndError, st, fmt.Errorf("splice: %w", err)
+		}
+		st.lastNs = max(st.lastNs, ks.LastNs)
+		if ks.Passed > p.drained[i] || p.ov[i].peeked > 0 {
+			end, err := p.drain(i, &ks, &st, &want)
+			if end != 0 {
+				return end, st, err
+			}
+		}
+		if !rdhup || ks.Passed > p.drained[i] || p.ov[i].peeked > 0 {
+			continue
+		}
+		ok, err := p.flushed(i, ks)
+		if err != nil {
+			return SpliceEndError, st, fmt.Errorf("splice: %w", err)
+		}
+		if !ok {
+			st.retry = true
+			continue
+		}
+		if err := unix.Shutdown(p.fd[1-i], unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
+			return SpliceEndError, st, fmt.Errorf("splice: pass FIN to %s: %w", sideName(1-i), err)
+		}
+		p.fin[i] = true
+		st.halfClosedAt = spliceMonoNs()
+	}
+	for i := 0; i < 2; i++ {
+		if want[i] != p.evs[i] {
+			if err := p.s.ep.mod(p, i, want[i]); err != nil {
+				return SpliceEndError, st, fmt.Errorf("splice: %w", err)
+			}
+			p.evs[i] = want[i]
+		}
+	}
+	if p.fin[0] && p.fin[1] {
+		return SpliceEndClosed, st, nil
+	}
+	return 0, st, nil
+}
+
+// drain moves the overflow of side i — bytes the program passed to userspace
+// because the kernel's queue for the peer was full — into the peer, in order,
+// and hands the direction back to the kernel:
+//  1. it waits until that queue has emptied (everything redirected before the
+//     overflow is in the peer's send queue). Meanwhile it reads nothing: the
+//     passed bytes stay charged to i's receive buffer, so TCP's window closes
+//     on the sender — the backpressure the redirect path lacks;
+//  2. it peeks at what i holds, writes it to the peer, and only then consumes
+//     it and records it in splice_drained. Consuming reopens the window, and
+//     the program resumes redirecting at the first skb that finds drained ==
+//     passed; peeking first keeps that window short, so a saturating sender
+//     cannot keep the direction in userspace for long.
+//
+// It never blocks: it asks for EPOLLIN on i / EPOLLOUT on the peer in want,
+// or for a retry.
+func (p *SplicedPair) drain(i int, ks *spliceSpliceSock, st *spliceStepState, want *[2]uint32) (SpliceEnd, error) {
+	ov := &p.ov[i]
+	src, dst := p.fd[i], p.fd[1-i]
+	if !ov.started {
+		ok, err := p.flushed(i, *ks)
+		if err != nil {
+			return SpliceEndError, fmt.Errorf("splice: %w", err)
+		}
+		if !ok {
+			st.retry = true
+			return 0, nil
+		}
+		ov.started = true
+		ov.buf = spliceBufPool.Get().(*[]byte)
+	}
+	for {
+		if ov.peeked > 0 {
+			for ov.sent < ov.peeked {
+				n, err := unix.Write(dst, (*ov.buf)[ov.sent:ov.peeked])
+				if n > 0 {
+					ov.sent += n
+					p.wrote[i] += uint64(n)
+				}
+				switch {
+				case err == nil || err == unix.EINTR:
+				case err == unix.EAGAIN:
+					want[1-i] |= unix.EPOLLOUT
+					return 0, nil
+				case err == unix.EPIPE || err == unix.ECONNRESET:
+					if i == 0 {
+						return SpliceEndServerReset, nil
+					}
+					return SpliceEndClientReset, nil
+				default:
+					return SpliceEndError, fmt.Errorf("splice: write overflow to %s: %w", sideName(1-i), err)
+				}
+			}
+			// Written: now consume what was peeked (the same bytes: only
+			// this goroutine reads i) and tell the program.
+			for done := 0; done < ov.peeked; {
+				n, _, err := unix.Recvfrom(src, (*ov.buf)[done:ov.peeked], unix.MSG_DONTWAIT)
+				if n > 0 {
+					done += n
+					continue
+				}
+				if err != unix.EINTR {
+					return SpliceEndError, fmt.Errorf("splice: consume overflow of %s: %d of %d bytes: %w", sideName(i), done, ov.peeked, err)
+				}
+			}
+			p.drained[i] += uint64(ov.peeked)
+			ov.peeked, ov.sent = 0, 0
+			if err := p.s.objs.SpliceDrained.Update(p.cookie[i], p.drained[i], ebpf.UpdateExist); err != nil {
+				return SpliceEndError, fmt.Errorf("splice: record overflow of %s: %w", sideName(i), err)
+			}
+		}
+		if p.drained[i] >= ks.Passed {
+			// Caught up with what the program had passed when we looked;
+			// look again (it may have passed more meanwhile).
+			if err := p.s.objs.SpliceState.Lookup(p.cookie[i], ks); err != nil {
+				return SpliceEndError, fmt.Errorf("splice: lookup counters of %s: %w", sideName(i), err)
+			}
+			if p.drained[i] >= ks.Passed {
+				ov.started = false
+				spliceBufPool.Put(ov.buf)
+				ov.buf = nil
+				return 0, nil
+			}
+		}
+		n, _, err := unix.Recvfrom(src, *ov.buf, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		switch {
+		case n > 0:
+			ov.peeked = n
+		case err == unix.EINTR:
+		case err == nil || err == unix.EAGAIN:
+			// Passed but not readable yet: the kernel worker delivers it
+			// behind skbs still queued for i's own egress.
+			want[i] |= unix.EPOLLIN
+			st.retry = true
+			return 0, nil
+		default:
+			return SpliceEndError, fmt.Errorf("splice: read overflow from %s: %w", sideName(i), err)
+		}
+	}
+}
+
+// finish tears the pair down once: stop watching, read the final counters,
+// remove the map entries, pass an RST on if that is how it ended, close.
+func (p *SplicedPair) finish(end SpliceEnd) {
+	p.finishOnce.Do(func() {
+		s := p.s
+		s.ep.remove(p)
+		st, _ := p.readStats()
+		p.removeUpTo(spliceStepsAll)
+		switch end {
+		case SpliceEndClientReset, SpliceEndServerReset, SpliceEndError:
+			// An RST answers an RST: SO_LINGER 0 makes close send one.
+			for _, fd := range p.fd {
+				unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+			}
+		}
+		p.closeFDs()
+		for i := range p.ov {
+			if p.ov[i].buf != nil {
+				spliceBufPool.Put(p.ov[i].buf)
+				p.ov[i] = spliceOverflow{}
+			}
+		}
+		p.result = SpliceResult{SpliceStats: st, End: end, ClientFin: p.fin[0], ServerFin: p.fin[1], Duration: time.Since(p.start)}
+		s.mu.Lock()
+		delete(s.pairs, p.id)
+		delete(s.byCookie, p.cookie[0])
+		delete(s.byCookie, p.cookie[1])
+		s.mu.Unlock()
+		close(p.done)
+	})
+}

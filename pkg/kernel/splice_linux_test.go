@@ -1,0 +1,228 @@
+//go:build linux
+
+package kernel
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"io"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// TestSpliceBasic: bytes go both ways through the kernel, counters count
+// them, a FIN from each side ends the pair, nothing is left behind.
+func TestSpliceBasic(t *testing.T) {
+	s := spliceTestSplicer(t, SplicerConfig{})
+	ln := spliceListen(t)
+	fds := spliceCountFDs(t)
+	tn := newSpliceTunnel(t, ln)
+	defer tn.closeEnds()
+	p, err := s.Splice(tn.a, tn.b)
+	if err != nil {
+		t.Fatalf("Splice: %v", err)
+	}
+	type res struct {
+		r   SpliceResult
+		err error
+	}
+	done := make(chan res, 1)
+	go func() {
+		r, err := p.Wait(context.Background(), 10*time.Second, 0, 0)
+		done <- res{r, err}
+	}()
+	spliceDeadline(t, tn.client, 10*time.Second)
+	spliceDeadline(t, tn.server, 10*time.Second)
+	msg := []byte("hello from the client")
+	if _, err := tn.client.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(tn.server, got); err != nil {
+		t.Fatalf("server read: %v", err)
+	}
+	if !bytes.Equal(got, msg) {
+		t.Fatalf("server got %q", got)
+	}
+	reply := []byte("and hello from the server, a bit longer")
+	if _, err := tn.server.Write(reply); err != nil {
+		t.Fatal(err)
+	}
+	got = make([]byte, len(reply))
+	if _, err := io.ReadFull(tn.client, got); err != nil {
+		t.Fatalf("client read: %v", err)
+	}
+	if !bytes.Equal(got, reply) {
+		t.Fatalf("client got %q", got)
+	}
+	st := p.Stats()
+	if st.AtoB != uint64(len(msg)) || st.BtoA != uint64(len(reply)) {
+		t.Errorf("stats %+v, want AtoB=%d BtoA=%d", st, len(msg), len(reply))
+	}
+	if time.Since(st.LastActivity) > 5*time.Second || time.Since(st.LastActivity) < 0 {
+		t.Errorf("last activity %v is not recent", st.LastActivity)
+	}
+	tn.client.CloseWrite()
+	if n, err := tn.server.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("server after client FIN: n=%d err=%v, want EOF", n, err)
+	}
+	tn.server.CloseWrite()
+	if n, err := tn.client.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("client after server FIN: n=%d err=%v, want EOF", n, err)
+	}
+	r := <-done
+	if r.err != nil || r.r.End != SpliceEndClosed || !r.r.ClientFin || !r.r.ServerFin {
+		t.Fatalf("Wait = %+v, %v", r.r, r.err)
+	}
+	tn.closeEnds()
+	if n := spliceCountFDs(t); n != fds {
+		t.Errorf("fds: %d before, %d after", fds, n)
+	}
+}
+
+// TestSpliceQueuedBeforeInsert: bytes that sit in a's receive queue when
+// Splice is called (the proxy never read them) reach the server, without any
+// new byte arriving to wake the kernel.
+func TestSpliceQueuedBeforeInsert(t *testing.T) {
+	s := spliceTestSplicer(t, SplicerConfig{})
+	ln := spliceListen(t)
+	tn := newSpliceTunnel(t, ln)
+	defer tn.closeEnds()
+	msg := bytes.Repeat([]byte("q"), 1000)
+	tn.client.Write(msg)
+	time.Sleep(20 * time.Millisecond) // the bytes are in a's receive queue
+	p, err := s.Splice(tn.a, tn.b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.Wait(ctx, 0, 0, 0); close(done) }()
+	defer func() { cancel(); <-done }()
+	tn.server.SetReadDeadline(time.Now().Add(2 * time.Second))
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(tn.server, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("server got %d of %d queued bytes: %v", len(got), len(msg), err)
+	}
+}
+
+// TestSpliceIntegrity: 1 GiB each way at the same time through one spliced
+// pair; the SHA-256 of what arrives equals that of what was sent.
+func TestSpliceIntegrity(t *testing.T) {
+	spliceHeavy(t)
+	mq, _ := strconv.Atoi(os.Getenv("SPLICE_MAXQ"))
+	s := spliceTestSplicer(t, SplicerConfig{MaxQueue: mq})
+	ln := spliceListen(t)
+	tn := newSpliceTunnel(t, ln)
+	defer tn.closeEnds()
+	p, err := s.Splice(tn.a, tn.b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 1 << 30
+	deadline := time.Now().Add(60 * time.Second)
+	tn.client.SetDeadline(deadline)
+	tn.server.SetDeadline(deadline)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	wres := make(chan SpliceResult, 1)
+	go func() {
+		r, err := p.Wait(ctx, 30*time.Second, 0, 0)
+		if err != nil {
+			t.Errorf("Wait: %v", err)
+		}
+		wres <- r
+	}()
+	up := spliceTransfer(tn.client, tn.server, 1, n)
+	down := spliceTransfer(tn.server, tn.client, 2, n)
+	u, d := <-up, <-down
+	if err := u.check(n); err != nil {
+		t.Errorf("client -> server: %v", err)
+	}
+	if err := d.check(n); err != nil {
+		t.Errorf("server -> client: %v", err)
+	}
+	var qa, qb spliceSpliceSock
+	s.objs.SpliceState.Lookup(p.cookie[0], &qa)
+	s.objs.SpliceState.Lookup(p.cookie[1], &qb)
+	t.Logf("queued max: a->b %d, b->a %d", qa.QueuedMax, qb.QueuedMax)
+	r := <-wres
+	t.Logf("1 GiB each way: up %.0f MiB/s, down %.0f MiB/s; %+v", float64(n)/(1<<20)/u.elapsed.Seconds(), float64(n)/(1<<20)/d.elapsed.Seconds(), r)
+	if r.End != SpliceEndClosed || r.AtoB != n || r.BtoA != n {
+		t.Errorf("Wait = %+v, want closed with %d bytes each way", r, n)
+	}
+}
+
+// TestSpliceSlowReader: a reader that pauses, then reads slowly, while the
+// writer pushes as fast as it can. Every buffer on the way fills (the server's
+// receive queue, b's send queue, b's psock queue, a's receive window); nothing
+// may be lost and the transfer must not hang.
+func TestSpliceSlowReader(t *testing.T) {
+	sb, _ := strconv.Atoi(os.Getenv("SPLICE_SOCKBUF"))
+	mq, _ := strconv.Atoi(os.Getenv("SPLICE_MAXQ"))
+	s := spliceTestSplicer(t, SplicerConfig{SndBuf: sb, MaxQueue: mq})
+	ln := spliceListen(t)
+	tn := newSpliceTunnel(t, ln)
+	defer tn.closeEnds()
+	p, err := s.Splice(tn.a, tn.b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	tn.client.SetDeadline(deadline)
+	tn.server.SetDeadline(deadline)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	waited := make(chan struct{})
+	go func() { p.Wait(ctx, 30*time.Second, 0, 0); close(waited) }()
+	defer func() { tn.closeEnds(); <-waited }()
+	n := int64(48 << 20)
+	if v, err := strconv.ParseInt(os.Getenv("SPLICE_SLOW_N"), 10, 64); err == nil {
+		n = v
+	}
+	sent := make(chan error, 1)
+	var sum [32]byte
+	go func() {
+		var err error
+		sum, err = spliceSendHash(tn.client, 7, n)
+		sent <- err
+	}()
+	for i := 0; i < 6; i++ {
+		time.Sleep(250 * time.Millisecond) // reader paused: everything fills up
+		st := p.Stats()
+		t.Logf("after %d ms pause: %d bytes redirected; %s", 250*(i+1), st.AtoB, spliceMemInfo())
+	}
+	start := time.Now()
+	h := sha256.New()
+	buf := make([]byte, 256<<10)
+	var got int64
+	var stalls []time.Duration
+	last := time.Now()
+	for got < n {
+		m, err := tn.server.Read(buf)
+		if m > 0 {
+			if gap := time.Since(last); gap > 100*time.Millisecond {
+				stalls = append(stalls, gap)
+			}
+			last = time.Now()
+		}
+		h.Write(buf[:m])
+		got += int64(m)
+		if err != nil {
+			t.Fatalf("server read after %d bytes: %v", got, err)
+		}
+		if got < 8<<20 {
+			time.Sleep(2 * time.Millisecond) // slow, then full speed
+		}
+	}
+	if err := <-sent; err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	if [32]byte(h.Sum(nil)) != sum {
+		t.Fatal("SHA-256 differs")
+	}
+	t.Logf("read %d bytes in %v after the pause; gaps > 100ms between reads: %v", got, time.Since(start), stalls)
+}
