@@ -9,11 +9,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluicelb/sluice/pkg/config"
 	"github.com/sluicelb/sluice/pkg/kernel"
 	"github.com/sluicelb/sluice/userspace/proxy"
+	"github.com/sluicelb/sluice/userspace/source"
 )
 
 // kernelView connects the kernel counters (pkg/kernel) to a running proxy:
@@ -24,6 +26,9 @@ type kernelView struct {
 	kc  *kernel.Counters // nil: no counters at all
 	log *slog.Logger
 
+	occ  atomic.Pointer[kernel.Occupancy] // latest scan, for source selection
+	stop chan struct{}
+
 	mu      sync.Mutex
 	servers map[[2]string]netip.AddrPort // backend/server -> address registered
 	fes     map[string][]netip.AddrPort  // frontend -> listener addresses
@@ -33,7 +38,7 @@ type kernelView struct {
 // openKernel opens the counters for cfg. Failing that, sluice runs without
 // kernel figures (logged).
 func openKernel(cfg *config.Config, p *proxy.Proxy, log *slog.Logger) *kernelView {
-	k := &kernelView{log: log, ports: localPorts()}
+	k := &kernelView{log: log, ports: localPorts(), stop: make(chan struct{})}
 	off := len(cfg.Backends) > 0
 	for _, b := range cfg.Backends {
 		off = off && b.Options.NoKernelCounters
@@ -46,11 +51,41 @@ func openKernel(cfg *config.Config, p *proxy.Proxy, log *slog.Logger) *kernelVie
 	k.kc = kc
 	k.register(cfg, p)
 	p.KernelStats = k.fill
+	p.Occupancy = func() source.Occupancy {
+		if o := k.occ.Load(); o != nil {
+			return o
+		}
+		return nil
+	}
+	go k.refresh(p)
 	return k
+}
+
+// refresh keeps a recent occupancy scan for source selection while some
+// server has a source pool, so that no connection waits for a scan: the
+// pools account for their own connections made since the scan.
+func (k *kernelView) refresh(p *proxy.Proxy) {
+	t := time.NewTicker(kernel.DefaultMinScanInterval)
+	defer t.Stop()
+	for {
+		if p.HasSourcePools() {
+			if occ, err := k.kc.Scan(); err == nil {
+				k.occ.Store(occ)
+			} else {
+				k.log.Debug("kernel scan", "err", err)
+			}
+		}
+		select {
+		case <-t.C:
+		case <-k.stop:
+			return
+		}
+	}
 }
 
 func (k *kernelView) Close() {
 	if k != nil && k.kc != nil {
+		close(k.stop)
 		k.kc.Close()
 	}
 }

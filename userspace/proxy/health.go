@@ -2,8 +2,9 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"fmt"
-	"net"
+	"net/netip"
 	"regexp"
 	"strconv"
 	"strings"
@@ -106,7 +107,7 @@ func compileExpect(ce *config.CheckExpect) (func(int, string) bool, error) {
 // probe runs one check and says why it failed.
 func (c *checker) probe() (ok bool, reason string) {
 	start := time.Now()
-	conn, err := net.DialTimeout("tcp", c.srv.addr, c.timeout)
+	conn, err := c.srv.connect(context.Background(), c.timeout, netip.AddrPort{})
 	if err != nil {
 		return false, "Layer4 connection problem: " + err.Error()
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/sluicelb/sluice/pkg/config"
 	"github.com/sluicelb/sluice/userspace/queue"
 	"github.com/sluicelb/sluice/userspace/route"
+	"github.com/sluicelb/sluice/userspace/source"
 	"github.com/sluicelb/sluice/userspace/tunnel"
 )
 
@@ -79,6 +80,11 @@ type Proxy struct {
 	// Reloaded, if set, is called after a reload took effect (outside the
 	// proxy's locks), e.g. to register the new servers with the kernel.
 	Reloaded func(*config.Config)
+	// Occupancy, if set, returns the kernel's latest view of the sockets
+	// per (source, server) (pkg/kernel's Scan, rate-limited), for choosing
+	// source addresses; nil or a nil result: the pools count only their own
+	// connections.
+	Occupancy func() source.Occupancy
 }
 
 // httpRule is a compiled http-request rule: deny, or the Prometheus
@@ -95,6 +101,7 @@ type httpRule struct {
 type generation struct {
 	frontends []*frontend
 	backends  []*backend
+	pools     []*source.Pool
 	stop      chan struct{} // closed when replaced: ends its health checks
 }
 
@@ -162,8 +169,11 @@ type backend struct {
 type server struct {
 	q    *queue.Server
 	be   *backend
+	p    *Proxy
 	addr string
+	ap   netip.AddrPort // addr as an address, when it is one (source pools need it)
 	pool idlePool
+	src  *source.Pool // `source`: the addresses to connect from; nil = the kernel's choice
 
 	admin   atomic.Int32 // queue.State set by the operator: up (ready), drain or maint
 	down    atomic.Bool  // health checks failed
@@ -201,12 +211,16 @@ func (p *Proxy) build(cfg *config.Config) (*generation, error) {
 	g := &generation{stop: make(chan struct{})}
 	var errs config.Errors
 	index := map[string]int{}
+	pools := map[string]*source.Pool{} // one pool per distinct source setting
 	for _, bc := range cfg.Backends {
 		be, err := newBackend(bc)
 		if err != nil {
 			errs = append(errs, config.Diag{Pos: bc.Pos, Msg: err.Error()})
 			continue
 		}
+		// Errors in the sources are reported, but the backend stays known
+		// so that its frontends do not report it missing as well.
+		errs = append(errs, be.setSources(p, pools)...)
 		index[bc.Name] = len(g.backends)
 		g.backends = append(g.backends, be)
 	}
@@ -227,8 +241,64 @@ func (p *Proxy) build(cfg *config.Config) (*generation, error) {
 	if len(errs) > 0 {
 		return nil, errs
 	}
+	for _, pl := range pools {
+		g.pools = append(g.pools, pl)
+	}
 	g.setFullConn()
 	return g, nil
+}
+
+// setSources gives each server of be its source pool: the server's own
+// `source`, else the backend's; servers with the same setting share a pool.
+func (be *backend) setSources(p *Proxy, pools map[string]*source.Pool) config.Errors {
+	var errs config.Errors
+	for i, srv := range be.servers {
+		srv.p = p
+		if ap, err := netip.ParseAddrPort(srv.addr); err == nil {
+			srv.ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		}
+		sc := be.cfg.Servers[i].Source
+		if sc.Addr == "" {
+			sc = be.cfg.Source
+		}
+		if sc.Addr == "" {
+			continue
+		}
+		key := sc.Addr + " " + strings.Join(sc.Args, " ")
+		pl := pools[key]
+		if pl == nil {
+			var err error
+			if pl, err = source.ParsePool(sc); err != nil {
+				errs = append(errs, config.Diag{Pos: sc.Pos, Msg: err.Error()})
+				continue
+			}
+			pools[key] = pl
+		}
+		if !srv.ap.IsValid() {
+			errs = append(errs, config.Diag{Pos: be.cfg.Servers[i].Pos, Msg: fmt.Sprintf(
+				"server '%s': 'source' needs the server's address as IP:port, not '%s'", srv.q.Name, srv.addr)})
+			continue
+		}
+		pl.Track(srv.ap)
+		srv.src = pl
+	}
+	return errs
+}
+
+// checkSources checks on this host that g's source pools can work
+// (addresses bindable, interfaces present, capabilities for usesrc). It
+// logs the warnings and returns the first error.
+func (p *Proxy) checkSources(g *generation) error {
+	for _, pl := range g.pools {
+		warns, err := pl.Check()
+		for _, w := range warns {
+			p.log.Warn("source: " + w)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // setFullConn gives each backend its fullconn: the configured one or, as
@@ -444,6 +514,9 @@ func orString(s, def string) string {
 func (p *Proxy) Listen() error {
 	p.lmu.Lock()
 	defer p.lmu.Unlock()
+	if err := p.checkSources(p.g()); err != nil {
+		return err
+	}
 	added, err := p.openListeners(p.g())
 	if err != nil {
 		return err

@@ -39,6 +39,9 @@ func (p *Proxy) reload(cfg *config.Config) (warnings []string, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := p.checkSources(g); err != nil {
+		return nil, err
+	}
 	added, err := p.openListeners(g)
 	if err != nil {
 		return nil, err

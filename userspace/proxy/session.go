@@ -537,14 +537,14 @@ func (s *session) attempt(be *backend, srv *server, tm *timings) outcome {
 		return o
 	}
 	cstart := time.Now()
-	uc, err := srv.dial(ctxNone, be.timeoutConnect)
+	uc, err := srv.dial(ctxNone, be.timeoutConnect, s.src)
 	tm.connect = time.Since(cstart)
 	if err != nil {
 		term := termSC
 		if isTimeout(err) {
 			term = termsC
 		}
-		s.p.log.Debug("connect failed", "backend", be.name, "server", srv.q.Name, "err", err)
+		srv.logConnectError(err)
 		return outcome{status: 503, gen: true, term: term, notSent: true}
 	}
 	return s.exchange(be, srv, uc, tm)

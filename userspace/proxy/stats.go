@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"fmt"
+	"net/netip"
 	"time"
 
+	"github.com/sluicelb/sluice/userspace/source"
 	"github.com/sluicelb/sluice/userspace/tunnel"
 )
 
@@ -122,7 +124,64 @@ func (p *Proxy) Stats() Stats {
 	if p.KernelStats != nil {
 		p.KernelStats(&st)
 	}
+	p.addSourceStats(&st, g)
 	return st
+}
+
+// addSourceStats adds what the source pools know (selections, exhaustion,
+// free tuples as they count them) to the per-source figures.
+func (p *Proxy) addSourceStats(st *Stats, g *generation) {
+	if len(g.pools) == 0 {
+		return
+	}
+	var occ source.Occupancy
+	if p.Occupancy != nil {
+		occ = p.Occupancy()
+	}
+	type key struct {
+		server netip.AddrPort
+		src    string
+	}
+	rows := map[key]source.Stat{}
+	for _, pl := range g.pools {
+		for _, r := range pl.Stats(occ) {
+			rows[key{r.Server, r.Source.String()}] = r
+		}
+	}
+	for bi, be := range g.backends {
+		for si, srv := range be.servers {
+			if srv.src == nil || bi >= len(st.Backends) || si >= len(st.Backends[bi].Servers) {
+				continue
+			}
+			ss := &st.Backends[bi].Servers[si]
+			if ss.Kernel == nil {
+				ss.Kernel = &KernelServerStats{}
+			}
+			seen := map[string]int{}
+			for i, src := range ss.Kernel.Sources {
+				seen[src.Addr] = i
+			}
+			var pooled []SourceStats
+			for _, a := range srv.src.Addrs() {
+				r, ok := rows[key{srv.ap, a.String()}]
+				if !ok {
+					continue
+				}
+				row := SourceStats{Addr: a.String()}
+				if i, ok := seen[row.Addr]; ok {
+					row = ss.Kernel.Sources[i]
+				}
+				row.Selections, row.Exhausted = int64(r.Selections), int64(r.Exhausted)
+				if r.Free >= 0 {
+					row.Free, row.Occupied = int64(r.Free), int64(r.Occupied)
+				} else {
+					row.Free = int64(r.Ports) - row.Occupied
+				}
+				pooled = append(pooled, row)
+			}
+			ss.Kernel.Sources = pooled // the pool's sources, in pool order
+		}
+	}
 }
 
 // findServer returns the server backend/name.
@@ -215,3 +274,6 @@ func (p *Proxy) ShutdownServerSessions(backend, name string) (int, error) {
 	p.log.Info("sessions shut down", "backend", backend, "server", name, "tunnels", n)
 	return n, nil
 }
+
+// HasSourcePools reports whether some server connects from a `source` pool.
+func (p *Proxy) HasSourcePools() bool { return len(p.g().pools) > 0 }

@@ -82,7 +82,7 @@ func (p *Proxy) serveTCP(fe *frontend, c *net.TCPConn) {
 		}
 		srv := be.servers[qs.Index]
 		cstart := time.Now()
-		uc, err := srv.dial(context.Background(), be.timeoutConnect)
+		uc, err := srv.dial(context.Background(), be.timeoutConnect, s.src)
 		tm.connect = time.Since(cstart)
 		if err != nil {
 			be.q.Release(qs)
@@ -91,7 +91,7 @@ func (p *Proxy) serveTCP(fe *frontend, c *net.TCPConn) {
 			if isTimeout(err) {
 				term = termsC
 			}
-			p.log.Debug("connect failed", "backend", be.name, "server", srv.q.Name, "err", err)
+			srv.logConnectError(err)
 			if attempt < be.retries && !p.closing.Load() {
 				tm.retries++
 				if be.redispatch && attempt == be.retries-1 && len(be.servers) > 1 {

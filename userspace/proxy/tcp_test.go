@@ -278,7 +278,7 @@ func TestTCPRetryRedispatch(t *testing.T) {
 	deadAddr := dead.Addr().String()
 	dead.Close() // nothing listens there now: connection refused
 	b := newTCPBackend(t, echo)
-	cfg := strings.Replace(tcpCfg, "backend be\n", "backend be\n    balance first\n    retries 2\n    option redispatch\n", 1)
+	cfg := strings.Replace(tcpCfg, "\nbackend be\n", "\nbackend be\n    balance first\n    retries 2\n    option redispatch\n", 1)
 	var logBuf syncBuffer
 	addr := startTCP(t, cfg, &logBuf, deadAddr, b.addr())
 	c, err := net.Dial("tcp", addr)

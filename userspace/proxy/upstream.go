@@ -2,9 +2,13 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/sluicelb/sluice/userspace/source"
 
 	"github.com/sluicelb/sluice/userspace/proxy/h1"
 )
@@ -102,14 +106,13 @@ func (s *server) reuse(now time.Time) *upConn {
 	}
 }
 
-// dial opens a new connection to s.
-func (s *server) dial(ctx context.Context, timeout time.Duration) (*upConn, error) {
-	d := net.Dialer{Timeout: timeout}
-	c, err := d.DialContext(ctx, "tcp", s.addr)
+// dial opens a new connection to s, from a source of its pool when it has
+// one (client is the client's address, for `usesrc client`).
+func (s *server) dial(ctx context.Context, timeout time.Duration, client netip.AddrPort) (*upConn, error) {
+	tc, err := s.connect(ctx, timeout, client)
 	if err != nil {
 		return nil, err
 	}
-	tc := c.(*net.TCPConn)
 	tc.SetNoDelay(true)
 	io, err := newSock(tc)
 	if err != nil {
@@ -140,4 +143,41 @@ func (uc *upConn) release(keep bool, now time.Time) {
 		uc.buf = nil
 	}
 	uc.c.Close()
+}
+
+// connect opens a TCP connection to s: from the best source of its pool
+// (the most free tuples toward s as the kernel counts them), or from the
+// address the kernel picks.
+func (s *server) connect(ctx context.Context, timeout time.Duration, client netip.AddrPort) (*net.TCPConn, error) {
+	if s.src == nil {
+		d := net.Dialer{Timeout: timeout}
+		c, err := d.DialContext(ctx, "tcp", s.addr)
+		if err != nil {
+			return nil, err
+		}
+		return c.(*net.TCPConn), nil
+	}
+	if s.src.Spec().Transparent() && client.IsValid() {
+		return s.src.DialTransparent(ctx, s.ap, client, timeout)
+	}
+	var occ source.Occupancy
+	if s.p != nil && s.p.Occupancy != nil {
+		occ = s.p.Occupancy()
+	}
+	c, _, err := s.src.Dial(ctx, s.ap, occ, timeout)
+	return c, err
+}
+
+// logConnectError logs a failed connection to s: at warning level when no
+// source had a free tuple left (the operator must add source addresses),
+// else at debug level (health checks report dead servers).
+func (s *server) logConnectError(err error) {
+	if s.p == nil {
+		return
+	}
+	if errors.Is(err, source.ErrExhausted) {
+		s.p.log.Warn("connect failed: source ports exhausted", "backend", s.be.name, "server", s.q.Name, "err", err)
+		return
+	}
+	s.p.log.Debug("connect failed", "backend", s.be.name, "server", s.q.Name, "err", err)
 }
