@@ -250,6 +250,7 @@ func printErrors(w io.Writer, err error) {
 func serve(ctx context.Context, cfg *config.Config, p *proxy.Proxy, log *slog.Logger, stderr io.Writer, grace time.Duration) error {
 	kv := openKernel(cfg, p, log)
 	defer kv.Close()
+	defer openSplicer(cfg, p, log)()
 	p.Reloaded = func(ncfg *config.Config) { kv.register(ncfg, p) }
 	var admins sync.WaitGroup
 	actx, stopAdmin := context.WithCancel(context.Background())

@@ -121,10 +121,11 @@ type Options struct {
 	HTTPCheckMethod, HTTPCheckURI, HTTPCheckVersion string
 	TCPLog                                          bool // `option tcplog` (also what httplog becomes in mode tcp)
 
-	// sluice's kernel options. Counters and splice are on unless
-	// `no option kernel-counters|kernel-splice`; steering is off unless
-	// `option kernel-steer` (mode tcp frontends).
-	NoKernelCounters, NoKernelSplice, KernelSteer bool
+	// sluice's kernel options. Counters are on unless `no option
+	// kernel-counters`. Splicing is off unless `option kernel-splice`
+	// (NoKernelSplice records an explicit `no option`, which wins);
+	// steering is off unless `option kernel-steer` (mode tcp frontends).
+	NoKernelCounters, NoKernelSplice, KernelSplice, KernelSteer bool
 }
 
 // Bind is one address of a `bind` line.

@@ -69,6 +69,7 @@ func (o optState) resolve() Options {
 		TCPLog:           o.tcpLog == triOn,
 		NoKernelCounters: o.kCounters == triOff,
 		NoKernelSplice:   o.kSplice == triOff,
+		KernelSplice:     o.kSplice == triOn,
 		KernelSteer:      o.kSteer == triOn,
 	}
 }

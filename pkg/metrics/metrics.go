@@ -30,7 +30,7 @@ type collector struct {
 
 	srvCur, srvMax, srvTotal, srvLimit, srvQueue, srvQueueMax, srvErrors, srvStatus, srvWeight *prometheus.Desc
 
-	tunCur, tunTotal, tunBytes, tunIdle, tunKilled, srvTunnels *prometheus.Desc
+	tunCur, tunTotal, tunBytes, tunIdle, tunKilled, tunSpliced, srvTunnels *prometheus.Desc
 
 	kMode, kLost, kFeEstab, kSrvEstab, kSrvTW, kSrcEstab, kSrcTW, kSrcOcc, kSrcFree *prometheus.Desc
 }
@@ -70,6 +70,7 @@ func NewCollector(src Source) prometheus.Collector {
 		tunBytes:       d("tunnel_bytes_total", "Bytes carried by tunnels (up: client to server, down: server to client).", "direction"),
 		tunIdle:        d("tunnel_idle_timeouts_total", "Tunnels closed by timeout tunnel / client-fin / server-fin."),
 		tunKilled:      d("tunnels_killed_total", "Tunnels closed by the runtime API or a hard stop."),
+		tunSpliced:     d("tunnels_spliced_total", "Tunnels whose bytes the kernel carried (option kernel-splice)."),
 		kMode:          d("kernel_counters_mode", "1 for how the kernel figures are obtained: ebpf (sockops, iter/tcp) or netlink (sock_diag).", "mode"),
 		kLost:          d("kernel_counters_lost_total", "Events the kernel programs could not record (maps full): the kernel figures are incomplete."),
 		kFeEstab:       d("kernel_frontend_established", "Established connections on the frontend's listeners, as the kernel counts them.", fe...),
@@ -99,6 +100,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	k(c.tunBytes, float64(st.Tunnels.Down), "down")
 	k(c.tunIdle, float64(st.Tunnels.IdleTimeouts))
 	k(c.tunKilled, float64(st.Tunnels.Killed))
+	k(c.tunSpliced, float64(st.Tunnels.Spliced))
 	g(c.maxConn, float64(st.MaxConn))
 	k(c.maxconnReached, float64(st.MaxConnReached))
 	if st.KernelMode != "" {

@@ -313,10 +313,14 @@ func (s *Server) showSess(w io.Writer, _ []string) error {
 
 func (s *Server) showTunnels(w io.Writer, _ []string) error {
 	now := time.Now()
-	fmt.Fprintln(w, "# kind frontend backend/server client age idle bytes_up bytes_down")
+	fmt.Fprintln(w, "# kind frontend backend/server client age idle bytes_up bytes_down copy")
 	for _, t := range s.p.Tunnels().Snapshots() {
-		fmt.Fprintf(w, "%s %s %s/%s %s %s %s %d %d\n", t.Kind, t.Frontend, t.Backend, t.Server, t.Client,
-			now.Sub(t.Start).Round(time.Millisecond), now.Sub(t.LastActivity).Round(time.Millisecond), t.Up, t.Down)
+		by := "user"
+		if t.Spliced {
+			by = "kernel"
+		}
+		fmt.Fprintf(w, "%s %s %s/%s %s %s %s %d %d %s\n", t.Kind, t.Frontend, t.Backend, t.Server, t.Client,
+			now.Sub(t.Start).Round(time.Millisecond), now.Sub(t.LastActivity).Round(time.Millisecond), t.Up, t.Down, by)
 	}
 	fmt.Fprintln(w)
 	return nil

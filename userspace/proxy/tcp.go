@@ -24,6 +24,14 @@ func (be *backend) tunnelTimeouts(fe *frontend) tunnel.Timeouts {
 	return tunnel.Timeouts{Idle: idle, ClientFin: fe.cfg.Timeouts.ClientFin, ServerFin: be.cfg.Timeouts.ServerFin}
 }
 
+// kernelSplice says whether a tunnel through fe to be asks the kernel to
+// carry its bytes: `option kernel-splice` on either, and `no option
+// kernel-splice` on neither.
+func kernelSplice(fe *frontend, be *backend) bool {
+	f, b := fe.cfg.Options, be.cfg.Options
+	return (f.KernelSplice || b.KernelSplice) && !f.NoKernelSplice && !b.NoKernelSplice
+}
+
 // serveTCP serves a mode tcp connection: route it (ACLs on the connection's
 // addresses), wait for a server slot as an HTTP request would, connect with
 // retries, then tunnel until either side is done.
@@ -110,8 +118,8 @@ func (p *Proxy) serveTCP(fe *frontend, c *net.TCPConn) {
 		putBuf(uc.buf)
 		uc.buf = nil
 		s.c.SetDeadline(time.Time{})
-		t := p.tunnels.New(tunnel.Info{Kind: tunnel.TCP, Frontend: fe.name, Backend: be.name, Server: srv.q.Name, Client: s.src},
-			s.c, uc.c, be.tunnelTimeouts(fe))
+		t := p.tunnels.New(tunnel.Info{Kind: tunnel.TCP, Frontend: fe.name, Backend: be.name, Server: srv.q.Name, Client: s.src,
+			KernelSplice: kernelSplice(fe, be)}, s.c, uc.c, be.tunnelTimeouts(fe))
 		r := t.Run(nil, nil)
 		be.q.Release(qs)
 		tm.total = time.Since(tm.start)

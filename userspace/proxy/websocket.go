@@ -119,6 +119,7 @@ func (s *session) tunnelWS(be *backend, srv *server, uc *upConn, tm *timings) ou
 	uc.c.SetDeadline(time.Time{})
 	t := s.p.tunnels.New(tunnel.Info{
 		Kind: tunnel.WebSocket, Frontend: s.fe.name, Backend: be.name, Server: srv.q.Name, Client: s.src,
+		KernelSplice: kernelSplice(s.fe, be),
 	}, s.c, uc.c, be.tunnelTimeouts(s.fe))
 	r := t.Run(toServer, nil)
 	return outcome{status: 101, bytes: int64(n) + r.Down, term: r.Term}

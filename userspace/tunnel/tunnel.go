@@ -17,6 +17,7 @@
 package tunnel
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -49,6 +50,9 @@ type Info struct {
 	Backend  string
 	Server   string
 	Client   netip.AddrPort
+	// KernelSplice asks for the kernel to carry the bytes (when the
+	// registry has a Splicer); else, or when it declines, userspace copies.
+	KernelSplice bool
 }
 
 // Timeouts bound a tunnel's inactivity.
@@ -97,6 +101,10 @@ type Tunnel struct {
 	mu   sync.Mutex
 	term string // set by whoever ends the tunnel first
 	done bool
+	// When the kernel carries the tunnel: the pair, and how to stop it.
+	spliced          Spliced
+	cancel           context.CancelFunc
+	pendUp, pendDown int64 // bytes written by userspace before the splice
 }
 
 // Snapshot is a live tunnel as the runtime API and metrics see it.
@@ -105,12 +113,19 @@ type Snapshot struct {
 	Start        time.Time
 	Up, Down     int64
 	LastActivity time.Time
+	Spliced      bool // the kernel carries it
 }
 
 // Registry knows every live tunnel.
 type Registry struct {
+	// Splicer, when set, carries the tunnels that ask for it in the
+	// kernel. Set before the first tunnel.
+	Splicer Splicer
+
 	mu   sync.Mutex
 	live map[*Tunnel]struct{}
+
+	spliced atomic.Int64 // tunnels the kernel carried
 
 	total         atomic.Int64 // tunnels opened
 	upTotal       atomic.Int64 // bytes of ended tunnels
@@ -145,17 +160,19 @@ func (r *Registry) Len() int {
 // Totals are a registry's counters.
 type Totals struct {
 	Live, Opened, IdleTimeouts, Killed int64
+	Spliced                            int64 // tunnels the kernel carried
 	Up, Down                           int64 // bytes, live tunnels included
 }
 
 // Totals returns the registry's counters.
 func (r *Registry) Totals() Totals {
-	t := Totals{Opened: r.total.Load(), IdleTimeouts: r.idleTimeouts.Load(), Killed: r.killedTunnels.Load()}
+	t := Totals{Opened: r.total.Load(), IdleTimeouts: r.idleTimeouts.Load(), Killed: r.killedTunnels.Load(), Spliced: r.spliced.Load()}
 	r.mu.Lock()
 	t.Live = int64(len(r.live))
 	for tn := range r.live {
-		t.Up += tn.up.Load()
-		t.Down += tn.down.Load()
+		s := tn.Snapshot()
+		t.Up += s.Up
+		t.Down += s.Down
 	}
 	t.Up += r.upTotal.Load()
 	t.Down += r.downTotal.Load()
@@ -208,10 +225,18 @@ func (t *Tunnel) Kill() bool {
 	return true
 }
 
-// Snapshot returns the tunnel's counters now.
+// Snapshot returns the tunnel's counters now (the kernel's, when it
+// carries the tunnel).
 func (t *Tunnel) Snapshot() Snapshot {
+	t.mu.Lock()
+	sp, pu, pd, done := t.spliced, t.pendUp, t.pendDown, t.done
+	t.mu.Unlock()
+	if sp != nil && !done {
+		up, down, last := sp.Stats()
+		return Snapshot{Info: t.Info, Start: t.Start, Up: pu + up, Down: pd + down, LastActivity: last, Spliced: true}
+	}
 	return Snapshot{Info: t.Info, Start: t.Start, Up: t.up.Load(), Down: t.down.Load(),
-		LastActivity: t.Start.Add(time.Duration(t.last.Load()))}
+		LastActivity: t.Start.Add(time.Duration(t.last.Load())), Spliced: sp != nil}
 }
 
 // Run moves bytes until the tunnel ends, then closes both connections and
@@ -219,6 +244,13 @@ func (t *Tunnel) Snapshot() Snapshot {
 // one side (early frames behind a handshake) that go out first, in order.
 func (t *Tunnel) Run(toServer, toClient []byte) Result {
 	t.touch()
+	if sp := t.reg.Splicer; sp != nil && t.KernelSplice {
+		if res, ok := t.runSpliced(sp, toServer, toClient); ok {
+			t.reg.spliced.Add(1)
+			return t.finish(res)
+		}
+		toServer, toClient = nil, nil // written before the attempt
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -227,10 +259,19 @@ func (t *Tunnel) Run(toServer, toClient []byte) Result {
 	t.pump(t.client, t.server, true, toServer)
 	<-done
 	t.end(TermOK, false) // both directions ended: close both (no-op if already ended)
+	return t.finish(t.result())
+}
+
+// result is the tunnel's Result once it has ended.
+func (t *Tunnel) result() Result {
 	t.mu.Lock()
 	term := t.term
 	t.mu.Unlock()
-	res := Result{Up: t.up.Load(), Down: t.down.Load(), Duration: time.Since(t.Start), Term: term}
+	return Result{Up: t.up.Load(), Down: t.down.Load(), Duration: time.Since(t.Start), Term: term}
+}
+
+// finish takes an ended tunnel out of the registry.
+func (t *Tunnel) finish(res Result) Result {
 	// Leaving the live set and adding to the totals is one step under
 	// the lock, so that byte counters never go backwards.
 	r := t.reg
@@ -239,7 +280,7 @@ func (t *Tunnel) Run(toServer, toClient []byte) Result {
 	r.upTotal.Add(res.Up)
 	r.downTotal.Add(res.Down)
 	r.mu.Unlock()
-	if term == TermClientTO || term == TermServerTO {
+	if res.Term == TermClientTO || res.Term == TermServerTO {
 		r.idleTimeouts.Add(1)
 	}
 	return res
@@ -275,7 +316,12 @@ func (t *Tunnel) end(term string, reset bool) bool {
 		return false
 	}
 	t.done, t.term = true, term
+	cancel := t.cancel
 	t.mu.Unlock()
+	if cancel != nil {
+		cancel() // the kernel carries it: Wait closes the sockets
+		return true
+	}
 	if reset {
 		t.client.SetLinger(0)
 		t.server.SetLinger(0)

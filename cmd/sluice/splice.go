@@ -1,0 +1,83 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/sluicelb/sluice/pkg/config"
+	"github.com/sluicelb/sluice/pkg/kernel"
+	"github.com/sluicelb/sluice/userspace/proxy"
+	"github.com/sluicelb/sluice/userspace/tunnel"
+)
+
+// openSplicer loads the kernel splice when some proxy asks for it
+// (`option kernel-splice`) and gives it to the proxy's tunnels; where the
+// kernel cannot, tunnels are copied in userspace (one log line). It returns
+// a function that unloads it.
+func openSplicer(cfg *config.Config, p *proxy.Proxy, log *slog.Logger) func() {
+	wanted := false
+	for _, f := range cfg.Frontends {
+		wanted = wanted || f.Options.KernelSplice
+	}
+	for _, b := range cfg.Backends {
+		wanted = wanted || b.Options.KernelSplice
+	}
+	if !wanted {
+		return func() {}
+	}
+	s, err := kernel.OpenSplicer(log, kernel.SplicerConfig{})
+	if err != nil {
+		log.Warn("kernel splice unavailable: tunnels are copied in userspace (splice(2))", "err", err)
+		return func() {}
+	}
+	log.Info("kernel splice: tunnels with option kernel-splice move their bytes in the kernel (sockhash)")
+	p.Tunnels().Splicer = splicer{s}
+	return func() { s.Close() }
+}
+
+// splicer adapts pkg/kernel's Splicer to the tunnel package.
+type splicer struct{ s *kernel.Splicer }
+
+func (a splicer) Splice(client, server *net.TCPConn) (tunnel.Spliced, error) {
+	p, err := a.s.Splice(client, server)
+	if err != nil {
+		if errors.Is(err, kernel.ErrSpliceFallback) {
+			return nil, fmt.Errorf("%w: %v", tunnel.ErrNotSpliced, err)
+		}
+		return nil, err
+	}
+	return splicedPair{p}, nil
+}
+
+type splicedPair struct{ p *kernel.SplicedPair }
+
+func (s splicedPair) Stats() (up, down int64, last time.Time) {
+	st := s.p.Stats()
+	return int64(st.AtoB), int64(st.BtoA), st.LastActivity
+}
+
+func (s splicedPair) Wait(ctx context.Context, idle, clientFin, serverFin time.Duration) (up, down int64, term string) {
+	r, _ := s.p.Wait(ctx, idle, clientFin, serverFin)
+	switch r.End {
+	case kernel.SpliceEndClosed:
+		term = tunnel.TermOK
+	case kernel.SpliceEndClientReset:
+		term = tunnel.TermClient
+	case kernel.SpliceEndIdle:
+		term = tunnel.TermClientTO
+	case kernel.SpliceEndFinTimeout:
+		term = tunnel.TermClientTO
+		if r.ClientFin { // the client is done: the server side timed out
+			term = tunnel.TermServerTO
+		}
+	case kernel.SpliceEndCanceled:
+		term = tunnel.TermKilled
+	default:
+		term = tunnel.TermServer
+	}
+	return int64(r.AtoB), int64(r.BtoA), term
+}
