@@ -80,6 +80,9 @@ func TestScanSockets(t *testing.T) {
 	if s.Established(src, server) != 3 || s.Occupied(src, server) != 3 || s.TimeWait(src, server) != 0 {
 		t.Errorf("counts %+v", s.Counts(src, server))
 	}
+	if tot := s.Total(); tot.Established < 6 { // both ends of the three, and whatever else the host holds
+		t.Errorf("total %+v, want at least 6 established", tot)
+	}
 	if time.Since(s.Taken()) > time.Minute {
 		t.Errorf("taken %v", s.Taken())
 	}

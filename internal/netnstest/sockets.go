@@ -108,3 +108,16 @@ func (s *Sockets) Counts(src netip.Addr, server netip.AddrPort) Counts { return 
 
 // Taken is when the scan started.
 func (s *Sockets) Taken() time.Time { return s.taken }
+
+// Total is every socket of the snapshot by state, whatever its tuple: in a
+// namespace that holds only a test's server, the server's side of every
+// connection (to tell which side was left in TIME_WAIT).
+func (s *Sockets) Total() Counts {
+	var t Counts
+	for _, c := range s.m {
+		t.Established += c.Established
+		t.TimeWait += c.TimeWait
+		t.Other += c.Other
+	}
+	return t
+}

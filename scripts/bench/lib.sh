@@ -399,3 +399,74 @@ wait_quiet() {
 		waited=$((waited + 1))
 	done
 }
+
+# wait_listen NAME PID PORT [TIMEOUT_S [LOGFILE]]: poll (bounded) until a socket listens on 127.0.0.1:PORT, without
+# connecting to it (a probe connection would count as a client for iperf3 or a tunnel for a proxy); fail early if
+# PID died. Returns 1 (after showing the log's tail) if it never got ready.
+wait_listen() {
+	local name=$1 pid=$2 port=$3 timeout=${4:-10} logfile=${5:-} deadline
+	deadline=$(($(date +%s%N) + timeout * 1000000000))
+	while :; do
+		if ! kill -0 "$pid" 2>/dev/null; then
+			[[ -n $logfile ]] && tail -n 20 "$logfile" >&2
+			log "$name (pid $pid) exited before listening on port $port"
+			return 1
+		fi
+		[[ -n $(ss -Hltn "( sport = :$port )" 2>/dev/null) ]] && return 0
+		if (($(date +%s%N) > deadline)); then
+			[[ -n $logfile ]] && tail -n 20 "$logfile" >&2
+			log "$name not listening on port $port after ${timeout}s"
+			return 1
+		fi
+		sleep 0.05
+	done
+}
+
+# proc_mem_kib PID...: "VmRSS RssAnon" in KiB, summed over the PIDs and their descendants.
+proc_mem_kib() {
+	local p r a sum_r=0 sum_a=0
+	for p in "$@" $(descendants "$@"); do
+		read -r r a < <(awk '/^VmRSS:/ { r = $2 } /^RssAnon:/ { a = $2 } END { print r + 0, a + 0 }' /proc/"$p"/status 2>/dev/null) ||
+			continue
+		sum_r=$((sum_r + r)) sum_a=$((sum_a + a))
+	done
+	echo "$sum_r $sum_a"
+}
+
+# proc_fds PID: number of open file descriptors of PID.
+proc_fds() {
+	local fds=(/proc/"$1"/fd/*)
+	[[ -e ${fds[0]} ]] || { echo 0; return 0; }
+	echo "${#fds[@]}"
+}
+
+# settle_rss PID [MAX_S]: wait for PID's memory (tree) to settle, the rule of scripts/bench/internal/procstat.Settle:
+# sample every 250 ms until the last 8 VmRSS samples lie within max(64 KiB, 0.2 %), or MAX_S (15) is over. Prints
+# "RSS ANON STABLE SECONDS": the window's medians (KiB), 1 if it settled (0 if MAX_S ended it), the time taken.
+# Returns 1 if PID is gone.
+settle_rss() {
+	local pid=$1 max=${2:-15} t0 r a n=0 win=8
+	local -a rs=() as=()
+	t0=$(date +%s%N)
+	while :; do
+		kill -0 "$pid" 2>/dev/null || return 1
+		read -r r a < <(proc_mem_kib "$pid")
+		rs+=("$r") as+=("$a")
+		n=$((n + 1))
+		if ((n >= win)); then
+			if awk -v max="$max" -v el=$((($(date +%s%N) - t0) / 1000000)) -v w="$win" -v r="${rs[*]: -win}" -v a="${as[*]: -win}" '
+				function med(s,   v, n, i, j, x) { n = split(s, v, " ")
+					for (i = 2; i <= n; i++) { x = v[i] + 0; for (j = i - 1; j >= 1 && v[j] + 0 > x; j--) v[j+1] = v[j]; v[j+1] = x }
+					return v[int((n + 1) / 2)] }
+				BEGIN { n = split(r, v, " "); lo = hi = v[1] + 0
+					for (i = 2; i <= n; i++) { if (v[i] + 0 < lo) lo = v[i] + 0; if (v[i] + 0 > hi) hi = v[i] + 0 }
+					tol = hi / 500; if (tol < 64) tol = 64
+					stable = (hi - lo <= tol)
+					if (!stable && el < max * 1000) exit 1
+					printf "%d %d %d %.2f\n", med(r), med(a), stable, el / 1000 }'; then
+				return 0
+			fi
+		fi
+		sleep 0.25
+	done
+}

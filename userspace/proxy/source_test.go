@@ -82,7 +82,9 @@ func TestSourceExhausted503(t *testing.T) {
 	if status(resp) != 503 {
 		t.Fatalf("with every tuple taken: %q, want 503", resp)
 	}
-	waitUntil(t, "log line", func() bool { return strings.Contains(logBuf.String(), "ws/<NOSRV>") || strings.Contains(logBuf.String(), " 503 ") })
+	waitUntil(t, "log line", func() bool {
+		return strings.Contains(logBuf.String(), "ws/<NOSRV>") || strings.Contains(logBuf.String(), " 503 ")
+	})
 }
 
 func itoaS(n int) string { return string(itoa(nil, int64(n))) }
