@@ -65,26 +65,7 @@ func (s *session) logRequest(be *backend, srv *server, status int, bytes int64, 
 	}
 	st := s.st
 	b := st.log[:0]
-	b = s.src.Addr().AppendTo(b)
-	b = append(b, ':')
-	b = itoa(b, int64(s.src.Port()))
-	b = append(b, " ["...)
-	b = tm.start.AppendFormat(b, "02/Jan/2006:15:04:05.000")
-	b = append(b, "] "...)
-	b = append(b, s.fe.name...)
-	b = append(b, ' ')
-	if be != nil {
-		b = append(b, be.name...)
-	} else {
-		b = append(b, s.fe.name...)
-	}
-	b = append(b, '/')
-	if srv != nil {
-		b = append(b, srv.q.Name...)
-	} else {
-		b = append(b, "<NOSRV>"...)
-	}
-	b = append(b, ' ')
+	b = s.appendHead(b, tm.start, be, srv)
 	ms := func(d time.Duration, reached bool) {
 		if !reached {
 			b = append(b, "-1"...)
@@ -108,38 +89,61 @@ func (s *session) logRequest(be *backend, srv *server, status int, bytes int64, 
 	b = append(b, " - - "...)
 	b = append(b, term...)
 	b = append(b, "-- "...)
-	b = itoa(b, s.p.actconn.Load())
-	b = append(b, '/')
-	b = itoa(b, s.fe.cur.Load())
-	b = append(b, '/')
-	if be != nil {
-		b = itoa(b, be.cur.Load())
-	} else {
-		b = append(b, '0')
-	}
-	b = append(b, '/')
-	if srv != nil {
-		b = itoa(b, srv.q.Cur.Load())
-	} else {
-		b = append(b, '0')
-	}
-	b = append(b, '/')
-	b = itoa(b, int64(tm.retries))
-	b = append(b, ' ')
-	if srv != nil {
-		b = itoa(b, srv.q.QueueCur.Load())
-	} else {
-		b = append(b, '0')
-	}
-	b = append(b, '/')
-	if be != nil {
-		b = itoa(b, be.q.QueueCur.Load())
-	} else {
-		b = append(b, '0')
-	}
+	b = s.appendCounts(b, be, srv, tm.retries)
 	b = append(b, " \""...)
 	b = append(b, st.line...)
 	b = append(b, "\"\n"...)
 	st.log = b
 	l.write(b)
+}
+
+// appendHead appends the start of a log line, common to httplog and tcplog:
+// client:port [date] frontend backend/server, and a space.
+func (s *session) appendHead(b []byte, start time.Time, be *backend, srv *server) []byte {
+	b = s.src.Addr().AppendTo(b)
+	b = append(b, ':')
+	b = itoa(b, int64(s.src.Port()))
+	b = append(b, " ["...)
+	b = start.AppendFormat(b, "02/Jan/2006:15:04:05.000")
+	b = append(b, "] "...)
+	b = append(b, s.fe.name...)
+	b = append(b, ' ')
+	if be != nil {
+		b = append(b, be.name...)
+	} else {
+		b = append(b, s.fe.name...)
+	}
+	b = append(b, '/')
+	if srv != nil {
+		b = append(b, srv.q.Name...)
+	} else {
+		b = append(b, "<NOSRV>"...)
+	}
+	return append(b, ' ')
+}
+
+// appendCounts appends actconn/feconn/beconn/srvconn/retries
+// srvqueue/backendqueue.
+func (s *session) appendCounts(b []byte, be *backend, srv *server, retries int) []byte {
+	num := func(ok bool, v func() int64) {
+		if ok {
+			b = itoa(b, v())
+		} else {
+			b = append(b, '0')
+		}
+	}
+	b = itoa(b, s.p.actconn.Load())
+	b = append(b, '/')
+	b = itoa(b, s.fe.cur.Load())
+	b = append(b, '/')
+	num(be != nil, func() int64 { return be.cur.Load() })
+	b = append(b, '/')
+	num(srv != nil, func() int64 { return srv.q.Cur.Load() })
+	b = append(b, '/')
+	b = itoa(b, int64(retries))
+	b = append(b, ' ')
+	num(srv != nil, func() int64 { return srv.q.QueueCur.Load() })
+	b = append(b, '/')
+	num(be != nil, func() int64 { return be.q.QueueCur.Load() })
+	return b
 }

@@ -139,74 +139,25 @@ func (s *session) logTCP(be *backend, srv *server, bytes int64, term string, tm 
 	if tm.total == 0 {
 		tm.total = time.Since(tm.start)
 	}
-	b := make([]byte, 0, 160)
-	b = s.src.Addr().AppendTo(b)
-	b = append(b, ':')
-	b = itoa(b, int64(s.src.Port()))
-	b = append(b, " ["...)
-	b = tm.start.AppendFormat(b, "02/Jan/2006:15:04:05.000")
-	b = append(b, "] "...)
-	b = append(b, s.fe.name...)
-	b = append(b, ' ')
-	if be != nil {
-		b = append(b, be.name...)
-	} else {
-		b = append(b, s.fe.name...)
+	b := s.appendHead(make([]byte, 0, 160), tm.start, be, srv)
+	ms := func(d time.Duration, reached bool) {
+		if reached {
+			b = itoa(b, d.Milliseconds())
+		} else {
+			b = append(b, "-1"...)
+		}
 	}
+	ms(tm.queued, be != nil)
 	b = append(b, '/')
-	if srv != nil {
-		b = append(b, srv.q.Name...)
-	} else {
-		b = append(b, "<NOSRV>"...)
-	}
-	b = append(b, ' ')
-	if be != nil {
-		b = itoa(b, tm.queued.Milliseconds())
-	} else {
-		b = append(b, "-1"...)
-	}
+	ms(tm.connect, srv != nil)
 	b = append(b, '/')
-	if srv != nil {
-		b = itoa(b, tm.connect.Milliseconds())
-	} else {
-		b = append(b, "-1"...)
-	}
-	b = append(b, '/')
-	b = itoa(b, tm.total.Milliseconds())
+	ms(tm.total, true)
 	b = append(b, ' ')
 	b = itoa(b, bytes)
 	b = append(b, ' ')
 	b = append(b, term...)
 	b = append(b, ' ')
-	b = itoa(b, s.p.actconn.Load())
-	b = append(b, '/')
-	b = itoa(b, s.fe.cur.Load())
-	b = append(b, '/')
-	if be != nil {
-		b = itoa(b, be.cur.Load())
-	} else {
-		b = append(b, '0')
-	}
-	b = append(b, '/')
-	if srv != nil {
-		b = itoa(b, srv.q.Cur.Load())
-	} else {
-		b = append(b, '0')
-	}
-	b = append(b, '/')
-	b = itoa(b, int64(tm.retries))
-	b = append(b, ' ')
-	if srv != nil {
-		b = itoa(b, srv.q.QueueCur.Load())
-	} else {
-		b = append(b, '0')
-	}
-	b = append(b, '/')
-	if be != nil {
-		b = itoa(b, be.q.QueueCur.Load())
-	} else {
-		b = append(b, '0')
-	}
+	b = s.appendCounts(b, be, srv, tm.retries)
 	b = append(b, '\n')
 	l.write(b)
 }
