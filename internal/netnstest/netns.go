@@ -114,6 +114,23 @@ func (ns *NS) CommandContext(ctx context.Context, name string, args ...string) *
 	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns.Name, name}, args...)...)
 }
 
+// NetCommandContext is CommandContext through `nsenter --net`: only the
+// network namespace changes. `ip netns exec` also gives the command a mount
+// namespace with a fresh /sys, which hides the cgroup2 mount (and with it a
+// daemon's eBPF attachment to its cgroup); a daemon that a service manager
+// starts in a namespace keeps the host's mounts. Like `ip netns exec`,
+// nsenter execs the command, so the PID is the command's own. Needs
+// util-linux's nsenter (see HaveNsenter).
+func (ns *NS) NetCommandContext(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + filepath.Join("/run/netns", ns.Name), name}, args...)...)
+}
+
+// HaveNsenter reports whether NetCommandContext can work here.
+func HaveNsenter() bool {
+	_, err := exec.LookPath("nsenter")
+	return err == nil
+}
+
 // Run runs a command inside the namespace and returns its output; a failure
 // ends the test.
 func (ns *NS) Run(t Cleaner, name string, args ...string) string {

@@ -3,9 +3,11 @@
 package netnstest
 
 import (
+	"context"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -33,6 +35,15 @@ func TestPair(t *testing.T) {
 		p.A.Sysctl(t, "net.ipv4.tcp_tw_reuse", "0")
 		if got, _ := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); string(got) != string(host) {
 			t.Errorf("the host's range changed: %q -> %q", host, got)
+		}
+		// nsenter --net: A's sysctls, the host's mounts.
+		if HaveNsenter() {
+			out, err := p.A.NetCommandContext(context.Background(), "sh", "-c",
+				"cat /proc/sys/net/ipv4/ip_local_port_range; grep -c ' - cgroup2 ' /proc/self/mountinfo; true").CombinedOutput()
+			host, _ := exec.Command("grep", "-c", " - cgroup2 ", "/proc/self/mountinfo").Output()
+			if want := "40000\t40099\n" + string(host); err != nil || string(out) != want {
+				t.Errorf("nsenter --net into %s: %q, %v; want %q", p.A.Name, out, err, want)
+			}
 		}
 		// B answers A across the veth: a connection to a closed port of B
 		// is refused (an RST came back), not timed out.
