@@ -127,17 +127,41 @@ func TestDialIPv6(t *testing.T) {
 	}
 	// An explicit range inside the local range: IP_LOCAL_PORT_RANGE (a
 	// SOL_IP option) on an IPv6 socket.
-	lo := freeRange(t, 2, true)
-	pr := mustPool(t, "[::1]:"+itoa(int(lo))+"-"+itoa(int(lo)+1))
-	for i := 0; i < 2; i++ {
-		c, _ := dial(t, pr, srv.addr, nil)
-		if port := c.LocalAddr().(*net.TCPAddr).AddrPort().Port(); port < lo || port > lo+1 {
-			t.Fatalf("port %d outside %d-%d", port, lo, lo+1)
+	withFreeRange(t, 2, true, func(lo uint16) bool {
+		pr := mustPool(t, "[::1]:"+itoa(int(lo))+"-"+itoa(int(lo)+1))
+		for i := 0; i < 2; i++ {
+			c, _, err := pr.Dial(context.Background(), srv.addr, nil, 5*time.Second)
+			if errors.Is(err, ErrExhausted) {
+				return false // another process took a port of the range meanwhile
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			if port := c.LocalAddr().(*net.TCPAddr).AddrPort().Port(); port < lo || port > lo+1 {
+				t.Fatalf("port %d outside %d-%d", port, lo, lo+1)
+			}
 		}
+		if _, _, err := pr.Dial(context.Background(), srv.addr, nil, time.Second); !errors.Is(err, ErrExhausted) {
+			t.Fatalf("third connection: %v", err)
+		}
+		return true
+	})
+}
+
+// withFreeRange runs f on a free range of n ports (see freeRange) until f
+// reports the range stayed free: ports inside the local range may be taken
+// by any process's outgoing connections between the check and the test, so
+// f may give up on a range and get another, three times at most.
+func withFreeRange(t *testing.T, n int, inside bool, f func(lo uint16) bool) {
+	t.Helper()
+	for attempt := 0; attempt < 3; attempt++ {
+		if f(freeRange(t, n, inside)) {
+			return
+		}
+		t.Logf("a port of the range was taken meanwhile; another range")
 	}
-	if _, _, err := pr.Dial(context.Background(), srv.addr, nil, time.Second); !errors.Is(err, ErrExhausted) {
-		t.Fatalf("third connection: %v", err)
-	}
+	t.Fatal("no range stayed free in 3 attempts")
 }
 
 // freeRange returns n consecutive ports inside (inside=true) or outside the
@@ -190,21 +214,32 @@ func TestDialExplicitPortRange(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			srvA := newTestServer(t, "tcp4", "127.0.0.1:0")
 			srvB := newTestServer(t, "tcp4", "127.0.0.1:0")
-			lo := freeRange(t, 5, inside)
-			spec := "127.0.0.2:" + itoa(int(lo)) + "-" + itoa(int(lo)+4)
-			p := mustPool(t, spec)
-			if p.kernelRng.Load() != inside {
-				t.Fatalf("kernel range = %v for %s", p.kernelRng.Load(), spec)
-			}
-			ports := map[uint16]bool{}
-			for i := 0; i < 5; i++ {
-				c, _ := dial(t, p, srvA.addr, nil)
-				port := c.LocalAddr().(*net.TCPAddr).AddrPort().Port()
-				if port < lo || port > lo+4 || ports[port] {
-					t.Fatalf("connection %d from port %d (range %s, used %v)", i, port, spec, ports)
+			var p *Pool
+			var spec string
+			withFreeRange(t, 5, inside, func(lo uint16) bool {
+				spec = "127.0.0.2:" + itoa(int(lo)) + "-" + itoa(int(lo)+4)
+				p = mustPool(t, spec)
+				if p.kernelRng.Load() != inside {
+					t.Fatalf("kernel range = %v for %s", p.kernelRng.Load(), spec)
 				}
-				ports[port] = true
-			}
+				ports := map[uint16]bool{}
+				for i := 0; i < 5; i++ {
+					c, _, err := p.Dial(context.Background(), srvA.addr, nil, 5*time.Second)
+					if errors.Is(err, ErrExhausted) {
+						return false
+					}
+					if err != nil {
+						t.Fatal(err)
+					}
+					t.Cleanup(func() { c.Close() })
+					port := c.LocalAddr().(*net.TCPAddr).AddrPort().Port()
+					if port < lo || port > lo+4 || ports[port] {
+						t.Fatalf("connection %d from port %d (range %s, used %v)", i, port, spec, ports)
+					}
+					ports[port] = true
+				}
+				return true
+			})
 			_, _, err := p.Dial(context.Background(), srvA.addr, nil, time.Second)
 			if !errors.Is(err, ErrExhausted) || !errors.Is(err, syscall.EADDRNOTAVAIL) {
 				t.Fatalf("6th connection: %v, want ErrExhausted (EADDRNOTAVAIL)", err)
