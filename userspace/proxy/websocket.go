@@ -108,13 +108,18 @@ func (s *session) tunnelWS(be *backend, srv *server, uc *upConn, tm *timings) ou
 		st.r = st.w
 	}
 	// Nothing of the HTTP state is needed while the tunnel lives but the
-	// log line: give the buffers back.
+	// log line: give the buffers back, drop the parsed heads (their header
+	// slices) and the output buffer, so that an idle tunnel holds little
+	// more than its two goroutines.
 	putBuf(uc.buf)
 	uc.buf = nil
+	uc.res = h1.Response{}
 	if st.buf != nil {
 		putBuf(st.buf)
 		st.buf, st.r, st.w = nil, 0, 0
 	}
+	st.req = h1.Request{Method: st.req.Method[:0:0]}
+	st.out = nil
 	s.c.SetDeadline(time.Time{})
 	uc.c.SetDeadline(time.Time{})
 	t := s.p.tunnels.New(tunnel.Info{
