@@ -418,3 +418,29 @@ func TestHardStopAbortsWaitingRequests(t *testing.T) {
 		}
 	})
 }
+
+// TestTCPListen: a `listen` section in mode tcp is a frontend and its
+// backend in one.
+func TestTCPListen(t *testing.T) {
+	b := newTCPBackend(t, echo)
+	addr := startProxy(t, `
+listen db
+    mode tcp
+    bind 127.0.0.1:0
+    timeout connect 1s
+    timeout client 5s
+    timeout server 5s
+    server s1 `+b.addr()+` maxconn 1
+`, nil)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.Write([]byte("select 1"))
+	got := make([]byte, 8)
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "select 1" {
+		t.Fatalf("through listen: %q %v", got, err)
+	}
+}
