@@ -15,7 +15,12 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   ca-certificates curl git gcc make iproute2 socat netcat-openbsd \
   clang-19 llvm-19 libbpf-dev bpftool \
-  wrk haproxy nginx-light >/dev/null
+  wrk haproxy nginx-light iperf3 >/dev/null
+# The stats page's browser test needs Chromium (Debian's package; Ubuntu's is a snap stub, where the test
+# skips outside CI).
+if grep -q '^ID=debian' /etc/os-release; then
+  apt-get install -y -qq --no-install-recommends chromium >/dev/null || echo "provision.sh: no chromium; the browser test will skip" >&2
+fi
 # Distribution packages must not occupy ports the tests and benchmarks use.
 systemctl disable --now haproxy nginx >/dev/null 2>&1 || true
 
