@@ -17,8 +17,9 @@
 //
 // The program runs for each skb that arrives on a tunnel socket (and, right
 // after insertion, for those already waiting in its receive queue: the daemon
-// forces a data_ready with a non-blocking recv), redirects it to the egress of
-// the peer, and counts it.
+// forces a data_ready with a non-blocking recv), cuts off any bytes it has
+// already seen (by TCP sequence number, see splice_redirect), redirects it to
+// the egress of the peer, and counts it.
 //
 // Flow control. A redirected skb is queued on the peer's psock and sent by a
 // kernel worker as the peer's send buffer allows; on the way it stops being
@@ -40,9 +41,40 @@
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+
 // Most bytes that may wait in a peer's psock queue before the program passes
 // to userspace instead (set at load time).
 const volatile __u32 splice_queue_max = 4 << 20;
+
+// bpf_skb_adjust_room cuts at most 4095 bytes per call from an sk_skb; an
+// overlap needing more than SPLICE_TRIM_STEPS calls (2 MiB) breaks the stream.
+#define SPLICE_TRIM_STEP 4095
+#define SPLICE_TRIM_STEPS 512
+
+// splice_trim cuts the first n bytes off skb.
+static __always_inline int splice_trim(struct __sk_buff *skb, __u32 n)
+{
+	for (int i = 0; i < SPLICE_TRIM_STEPS && n > 0; i++) {
+		__u32 step = n < SPLICE_TRIM_STEP ? n : SPLICE_TRIM_STEP;
+
+		if (bpf_skb_adjust_room(skb, -(__s32)step, 0, 0) != 0)
+			return -1;
+		n -= step;
+	}
+	return n ? -1 : 0;
+}
+
+// splice_break marks s broken (see SPLICE_BROKEN_*) and wakes the daemon,
+// which resets the tunnel. Everything received from now on is dropped.
+static __always_inline int splice_break(struct splice_sock *s, __u64 *cookie, __u32 why)
+{
+	if (!s->broken) {
+		s->broken = why;
+		bpf_ringbuf_output(&splice_events, cookie, sizeof(*cookie), 0);
+	}
+	return SK_DROP;
+}
 
 static __always_inline int splice_redirect(struct __sk_buff *skb)
 {
@@ -52,6 +84,46 @@ static __always_inline int splice_redirect(struct __sk_buff *skb)
 
 	if (!s)
 		return SK_PASS; // not one of ours: leave it to userspace
+	if (s->broken)
+		return SK_DROP; // the daemon resets the tunnel
+
+	// Each byte exactly once. tcp_read_skb (6.18) hands the program whole
+	// skbs and ignores copied_seq, but TCP queues a segment that starts
+	// before rcv_nxt (a retransmission overlapping bytes already
+	// received: loopback drops segments under receive-memory pressure, and
+	// an overflowing tunnel keeps its receive buffer full) without cutting
+	// the old bytes off, leaving that to the reader's copied_seq offset.
+	// Measured: the peer got a 64 KiB segment twice. So the program keeps
+	// the sequence number of the next new byte and cuts any repeat off the
+	// front of the skb; it starts from copied_seq, where the daemon's last
+	// read stopped (a partly read skb is cut the same way).
+	struct sk_buff *kskb = bpf_cast_to_kern_ctx(skb);
+	struct tcp_skb_cb *cb = (struct tcp_skb_cb *)&kskb->cb[0];
+	__u32 seq = BPF_CORE_READ(cb, seq);
+	if (!s->rcv_next_set) {
+		struct tcp_sock *rtp = (struct tcp_sock *)BPF_CORE_READ(kskb, sk);
+		if (!rtp)
+			return splice_break(s, &cookie, SPLICE_BROKEN_GAP);
+		s->rcv_next = BPF_CORE_READ(rtp, copied_seq);
+		s->rcv_next_set = 1;
+	}
+	__s32 ahead = (__s32)(seq - s->rcv_next);
+	if (ahead > 0)
+		return splice_break(s, &cookie, SPLICE_BROKEN_GAP); // bytes we never saw
+	if (ahead < 0) {
+		__u32 dup = -ahead;
+		if (dup >= len) {
+			s->trimmed += len;
+			return SK_DROP; // nothing new (or the FIN again)
+		}
+		if (splice_trim(skb, dup) != 0 || skb->len != len - dup)
+			return splice_break(s, &cookie, SPLICE_BROKEN_TRIM);
+		s->trimmed += dup;
+		seq += dup;
+		len -= dup;
+	}
+	s->rcv_next = seq + len;
+
 	// An skb without payload is the FIN: tcp_fin() has already recorded it
 	// on the socket (the daemon sees POLLRDHUP and passes it on once the
 	// bytes before it have left). Redirecting an empty skb would make the

@@ -16,12 +16,22 @@ struct splice_sock {
 	__u64 passed;     // bytes received here and handed to userspace (overflow)
 	__u64 last_ns;    // bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the last byte
 	__u64 overflows;  // times the peer's queue went over the limit
+	__u64 trimmed;    // bytes handed to the program a second time and cut off
 	__u32 queued_max; // most bytes seen queued in the peer's psock
 	__u32 seq0;       // the peer's write_seq at the first verdict
+	__u32 rcv_next;   // TCP sequence number of the next byte not yet seen here
+	__u32 broken;     // SPLICE_BROKEN_*: the stream can no longer be forwarded as received
 	__u8 seq0_set;    // seq0 is valid
 	__u8 paused;      // overflow: passing to userspace until it has caught up
-	__u8 pad[6];
+	__u8 rcv_next_set; // rcv_next is valid
+	__u8 pad[5];
 };
+
+// Why a socket's stream broke (splice_sock.broken). The program then drops
+// everything it receives and wakes the daemon, which resets the tunnel: a
+// peer sees an RST instead of a stream with a hole or a repeat in it.
+#define SPLICE_BROKEN_GAP 1  // an skb started after the next expected byte
+#define SPLICE_BROKEN_TRIM 2 // an skb repeating bytes could not be cut
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -46,6 +46,22 @@ import (
 //     removing a socket from its last map drops what the kernel still queued
 //     for it.
 //
+// Each byte exactly once: the kernel (6.18's tcp_read_skb) hands the program
+// whole skbs and ignores copied_seq, so a segment TCP queued although it
+// starts before rcv_nxt (a retransmission overlapping bytes already received,
+// common on loopback once receive memory runs short) would be forwarded with
+// its old bytes again. The program follows the TCP sequence numbers from
+// copied_seq at its first skb on and cuts repeats off (SpliceStats.Repeated);
+// if it ever meets a hole, or a repeat it cannot cut, it drops everything
+// from then on and Wait resets both sides (ErrSpliceBroken) rather than pass
+// on a corrupt stream.
+//
+// Overflow episodes (see SplicerConfig.MaxQueue) keep the order the same way:
+// Wait writes the bytes the program passed it only once everything the
+// program redirected before them has entered the peer's send queue, and an
+// episode ends as soon as Wait has caught up (the program may redirect again
+// from then on), so bytes passed later wait for the queue to empty again.
+//
 // Flow control: the kernel queues redirected skbs for the peer without any
 // limit of its own; see bpf/splice.c and SplicerConfig.MaxQueue for how the
 // program and Wait bound it.
@@ -98,6 +114,10 @@ type SpliceStats struct {
 	// pair's goroutine because the kernel's queue for a slow reader was full;
 	// Overflows the times that happened.
 	Overflow, Overflows uint64
+	// Repeated counts the bytes (both directions) the kernel handed the
+	// program a second time — TCP retransmissions overlapping bytes
+	// already received — which the program cut off instead of forwarding.
+	Repeated uint64
 	// LastActivityNs is the CLOCK_MONOTONIC time (ns) of the last byte moved
 	// in either direction, or of the Splice call if none was.
 	LastActivityNs uint64
@@ -115,7 +135,7 @@ const (
 	SpliceEndIdle                             // no byte either way for the idle timeout
 	SpliceEndFinTimeout                       // half-closed, and no byte either way for the fin timeout
 	SpliceEndCanceled                         // the context was canceled (shutdown) or the Splicer closed
-	SpliceEndError                            // a syscall on the pair failed (see the error)
+	SpliceEndError                            // a syscall on the pair failed, or the kernel's stream broke (ErrSpliceBroken); both sides were reset
 )
 
 func (e SpliceEnd) String() string {

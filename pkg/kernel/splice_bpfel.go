@@ -14,17 +14,21 @@ import (
 )
 
 type spliceSpliceSock struct {
-	_         structs.HostLayout
-	Peer      uint64
-	Bytes     uint64
-	Passed    uint64
-	LastNs    uint64
-	Overflows uint64
-	QueuedMax uint32
-	Seq0      uint32
-	Seq0Set   uint8
-	Paused    uint8
-	Pad       [6]uint8
+	_          structs.HostLayout
+	Peer       uint64
+	Bytes      uint64
+	Passed     uint64
+	LastNs     uint64
+	Overflows  uint64
+	Trimmed    uint64
+	QueuedMax  uint32
+	Seq0       uint32
+	RcvNext    uint32
+	Broken     uint32
+	Seq0Set    uint8
+	Paused     uint8
+	RcvNextSet uint8
+	Pad        [5]uint8
 }
 
 // Names of all BPF objects in the ELF.

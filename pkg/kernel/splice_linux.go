@@ -27,6 +27,9 @@ var (
 	spliceUseSkbVerdict = false
 	// spliceNoKick leaves the receive queue alone after insertion.
 	spliceNoKick = false
+	// spliceNoDrain skips the userspace drain before insertion (hand-over
+	// step 1), leaving a partly read skb at the head of a receive queue.
+	spliceNoDrain = false
 )
 
 // Splicer owns the loaded splice programs and maps. It is safe for concurrent
@@ -281,9 +284,11 @@ func (s *Splicer) Splice(a, b *net.TCPConn) (*SplicedPair, error) {
 			return nil, fmt.Errorf("splice: cookie of %s: %w: %w", sideName(i), ErrSpliceFallback, err)
 		}
 	}
-	if err := spliceDrainQueues(a, b, p.fd); err != nil {
-		p.closeFDs()
-		return nil, fmt.Errorf("splice: %w: %w", ErrSpliceFallback, err)
+	if !spliceNoDrain {
+		if err := spliceDrainQueues(a, b, p.fd); err != nil {
+			p.closeFDs()
+			return nil, fmt.Errorf("splice: %w", err) // wraps ErrSpliceFallback when the conns are intact
+		}
 	}
 	for i, fd := range p.fd {
 		var err error
@@ -341,11 +346,13 @@ func (s *Splicer) Splice(a, b *net.TCPConn) (*SplicedPair, error) {
 // both empty. This is step 2 of the hand-over protocol, and it is needed for
 // more than tidiness: tcp_read_skb (6.18) hands the verdict program whole skbs
 // from the head of the queue and ignores how much of the head skb a previous
-// read() already consumed, so a partially read skb would be forwarded again
-// from its start (measured: the peer got the stream's first bytes twice). A
-// read that returns EAGAIN has consumed and unlinked every skb; skbs arriving
-// after it are whole, and the program forwards them after these bytes. The
-// caller's conns are intact if this fails: it wrote what it read, in order.
+// read() already consumed (measured: the peer got the stream's first bytes
+// twice). The program now cuts such repeats itself (bpf/splice.c), but only
+// by copying them out of the skb; a read that returns EAGAIN has consumed and
+// unlinked every skb, so skbs arriving after it are whole and new.
+// An error wraps ErrSpliceFallback when the caller's conns are intact (every
+// byte read was written, in order); a failed write leaves them in an unknown
+// state (part of a read was not forwarded) and does not.
 func spliceDrainQueues(a, b *net.TCPConn, fd [2]int) error {
 	conns := [2]*net.TCPConn{a, b}
 	bp := spliceBufPool.Get().(*[]byte)
@@ -363,14 +370,11 @@ func spliceDrainQueues(a, b *net.TCPConn, fd [2]int) error {
 						continue
 					}
 					if err != nil && err != unix.EAGAIN {
-						return fmt.Errorf("read %s: %w", sideName(i), err)
+						return fmt.Errorf("read %s: %w: %w", sideName(i), ErrSpliceFallback, err)
 					}
 					break // EAGAIN, or EOF: the FIN is seen by Wait
 				}
 				quiet = false
-				if moved += n; moved > maxBytes {
-					return fmt.Errorf("%s kept sending (%d bytes) while being handed over", sideName(i), moved)
-				}
 				peer := conns[1-i]
 				peer.SetWriteDeadline(time.Now().Add(5 * time.Second))
 				_, werr := peer.Write(buf[:n])
@@ -378,11 +382,37 @@ func spliceDrainQueues(a, b *net.TCPConn, fd [2]int) error {
 				if werr != nil {
 					return fmt.Errorf("write %s: %w", sideName(1-i), werr)
 				}
+				// Checked only once the bytes read are written: the
+				// caller copies on from here, so none may be held back.
+				if moved += n; moved > maxBytes {
+					return fmt.Errorf("%s kept sending (%d bytes) while being handed over: %w", sideName(i), moved, ErrSpliceFallback)
+				}
 			}
 		}
 	}
 	return nil
 }
+
+// ErrSpliceBroken: the verdict program met bytes it could not forward exactly
+// once and in order (see SPLICE_BROKEN_* in bpf/splice_maps.h); Wait then
+// resets both sides rather than pass on a stream with a hole or a repeat.
+var ErrSpliceBroken = errors.New("kernel stream broken")
+
+func spliceBrokenError(why uint32) error {
+	switch why {
+	case spliceBrokenGap:
+		return fmt.Errorf("%w: bytes skipped by the kernel", ErrSpliceBroken)
+	case spliceBrokenTrim:
+		return fmt.Errorf("%w: repeated bytes could not be cut", ErrSpliceBroken)
+	}
+	return fmt.Errorf("%w: reason %d", ErrSpliceBroken, why)
+}
+
+// Values of splice_sock.broken (SPLICE_BROKEN_* in bpf/splice_maps.h).
+const (
+	spliceBrokenGap  = 1
+	spliceBrokenTrim = 2
+)
 
 func sideName(i int) string {
 	if i == 0 {
@@ -598,6 +628,7 @@ func (p *SplicedPair) readStats() (SpliceStats, error) {
 	st := SpliceStats{
 		AtoB: v[0].Bytes + v[0].Passed, BtoA: v[1].Bytes + v[1].Passed,
 		Overflow: v[0].Passed + v[1].Passed, Overflows: v[0].Overflows + v[1].Overflows,
+		Repeated: v[0].Trimmed + v[1].Trimmed,
 	}
 	st.LastActivityNs = max(v[0].LastNs, v[1].LastNs)
 	if st.LastActivityNs != 0 {
@@ -613,7 +644,9 @@ func (p *SplicedPair) readStats() (SpliceStats, error) {
 //   - passes a FIN on as a FIN (shutdown(SHUT_WR) of the peer), once every
 //     byte received before it has entered the peer's send queue; the other
 //     direction keeps flowing;
-//   - passes an RST (or any socket error) on as an RST (SO_LINGER 0 + close);
+//   - passes an RST (or any socket error) on as an RST (SO_LINGER 0 + close),
+//     and resets both sides if the program met bytes it could not forward
+//     exactly once and in order (returns an error wrapping ErrSpliceBroken);
 //   - when a reader is slower than its writer and the kernel's queue for it
 //     reaches SplicerConfig.MaxQueue, writes out, in order, the bytes the
 //     program hands it until the kernel takes over again;
@@ -747,6 +780,11 @@ func (p *SplicedPair) step() (SpliceEnd, spliceStepState, error) {
 		if err != nil {
 			return SpliceEndError, st, fmt.Errorf("splice: %w", err)
 		}
+		if ks.Broken != 0 {
+			// The program met bytes it cannot forward as received and
+			// drops everything since: a reset, not a corrupt stream.
+			return SpliceEndError, st, fmt.Errorf("splice: %s: %w", sideName(i), spliceBrokenError(ks.Broken))
+		}
 		st.lastNs = max(st.lastNs, ks.LastNs)
 		if ks.Passed > p.drained[i] || p.ov[i].peeked > 0 {
 			end, err := p.drain(i, &ks, &st, &want)
@@ -803,19 +841,19 @@ func (p *SplicedPair) step() (SpliceEnd, spliceStepState, error) {
 func (p *SplicedPair) drain(i int, ks *spliceSpliceSock, st *spliceStepState, want *[2]uint32) (SpliceEnd, error) {
 	ov := &p.ov[i]
 	src, dst := p.fd[i], p.fd[1-i]
-	if !ov.started {
-		ok, err := p.flushed(i, *ks)
-		if err != nil {
-			return SpliceEndError, fmt.Errorf("splice: %w", err)
-		}
-		if !ok {
-			st.retry = true
-			return 0, nil
-		}
-		ov.started = true
-		ov.buf = spliceBufPool.Get().(*[]byte)
-	}
 	for {
+		if !ov.started {
+			ok, err := p.flushed(i, *ks)
+			if err != nil {
+				return SpliceEndError, fmt.Errorf("splice: %w", err)
+			}
+			if !ok {
+				st.retry = true
+				return 0, nil
+			}
+			ov.started = true
+			ov.buf = spliceBufPool.Get().(*[]byte)
+		}
 		if ov.peeked > 0 {
 			for ov.sent < ov.peeked {
 				n, err := unix.Write(dst, (*ov.buf)[ov.sent:ov.peeked])
@@ -856,17 +894,23 @@ func (p *SplicedPair) drain(i int, ks *spliceSpliceSock, st *spliceStepState, wa
 			}
 		}
 		if p.drained[i] >= ks.Passed {
-			// Caught up with what the program had passed when we looked;
-			// look again (it may have passed more meanwhile).
+			// Caught up with what the program had passed when we looked.
+			// From the record above on, its next skb may be redirected
+			// again, and one after that passed again: bytes passed now
+			// may have redirected bytes in front of them, still queued
+			// for the peer. So the episode ends here; passed bytes found
+			// now start a new one, which first waits for the peer's
+			// queue to empty like the first.
+			ov.started = false
+			spliceBufPool.Put(ov.buf)
+			ov.buf = nil
 			if err := p.s.objs.SpliceState.Lookup(p.cookie[i], ks); err != nil {
 				return SpliceEndError, fmt.Errorf("splice: lookup counters of %s: %w", sideName(i), err)
 			}
-			if p.drained[i] >= ks.Passed {
-				ov.started = false
-				spliceBufPool.Put(ov.buf)
-				ov.buf = nil
+			if ks.Passed <= p.drained[i] {
 				return 0, nil
 			}
+			continue
 		}
 		n, _, err := unix.Recvfrom(src, *ov.buf, unix.MSG_PEEK|unix.MSG_DONTWAIT)
 		switch {
@@ -892,6 +936,15 @@ func (p *SplicedPair) finish(end SpliceEnd) {
 		s := p.s
 		s.ep.remove(p)
 		st, _ := p.readStats()
+		if s.log.Enabled(context.Background(), slog.LevelDebug) {
+			for i := 0; i < 2; i++ {
+				ks, _ := p.lookup(i)
+				w, _ := spliceWritten(p.fd[1-i])
+				s.log.Debug("splice: pair ended", "pair", p.id, "end", end, "side", sideName(i),
+					"redirected", ks.Bytes, "passed", ks.Passed, "overflows", ks.Overflows, "queued_max", ks.QueuedMax,
+					"repeated", ks.Trimmed, "broken", ks.Broken, "wrote", p.wrote[i], "peer_written", w-p.base[1-i], "fin", p.fin[i])
+			}
+		}
 		p.removeUpTo(spliceStepsAll)
 		switch end {
 		case SpliceEndClientReset, SpliceEndServerReset, SpliceEndError:

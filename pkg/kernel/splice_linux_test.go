@@ -7,10 +7,13 @@ import (
 	"context"
 	"crypto/sha256"
 	"io"
+	"net"
 	"os"
 	"strconv"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestSpliceBasic: bytes go both ways through the kernel, counters count
@@ -225,4 +228,90 @@ func TestSpliceSlowReader(t *testing.T) {
 		t.Fatal("SHA-256 differs")
 	}
 	t.Logf("read %d bytes in %v after the pause; gaps > 100ms between reads: %v", got, time.Since(start), stalls)
+}
+
+// TestSplicePartlyReadSkb: the skb at the head of a's receive queue was partly
+// read in userspace before Splice (the drain of hand-over step 1 is skipped,
+// so it is still there). tcp_read_skb hands the program that skb whole, as it
+// hands it a retransmitted segment that overlaps bytes already received; the
+// program must cut the bytes already read off and forward only the rest.
+func TestSplicePartlyReadSkb(t *testing.T) {
+	s := spliceTestSplicer(t, SplicerConfig{})
+	ln := spliceListen(t)
+	tn := newSpliceTunnel(t, ln)
+	defer tn.closeEnds()
+	spliceNoDrain = true
+	defer func() { spliceNoDrain = false }()
+	msg := make([]byte, 1000)
+	for i := range msg {
+		msg[i] = byte(i)
+	}
+	if _, err := tn.client.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	spliceWaitQueued(t, tn.a, len(msg))
+	// The proxy reads the first 100 bytes and forwards them itself.
+	const read = 100
+	head := make([]byte, read)
+	spliceDeadline(t, tn.a, 5*time.Second)
+	if _, err := io.ReadFull(tn.a, head); err != nil {
+		t.Fatal(err)
+	}
+	tn.a.SetDeadline(time.Time{})
+	if _, err := tn.b.Write(head); err != nil {
+		t.Fatal(err)
+	}
+	p, err := s.Splice(tn.a, tn.b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan SpliceResult, 1)
+	go func() { r, _ := p.Wait(ctx, 10*time.Second, 0, 0); done <- r }()
+	defer func() { cancel(); <-done }() // ends the pair if the test fails first
+	tn.client.CloseWrite()
+	spliceDeadline(t, tn.server, 5*time.Second)
+	got, err := io.ReadAll(tn.server)
+	if err != nil {
+		t.Fatalf("server read after %d bytes: %v", len(got), err)
+	}
+	if !bytes.Equal(got, msg) {
+		t.Fatalf("server got %d bytes, want the %d sent (first difference at %d)", len(got), len(msg), spliceFirstDiff(got, msg))
+	}
+	tn.server.CloseWrite()
+	r := <-done
+	done <- r
+	if r.End != SpliceEndClosed || r.AtoB != uint64(len(msg)-read) || r.Repeated != read {
+		t.Errorf("Wait = %+v, want closed, AtoB %d, Repeated %d", r, len(msg)-read, read)
+	}
+}
+
+// spliceWaitQueued waits until c's receive queue holds n bytes.
+func spliceWaitQueued(t *testing.T, c *net.TCPConn, n int) {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var q int
+		rc.Control(func(fd uintptr) { q, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+		if q >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bytes queued after 5s, want %d", q, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func spliceFirstDiff(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
 }
