@@ -251,7 +251,12 @@ func serve(ctx context.Context, cfg *config.Config, p *proxy.Proxy, log *slog.Lo
 	kv := openKernel(cfg, p, log)
 	defer kv.Close()
 	defer openSplicer(cfg, p, log)()
-	p.Reloaded = func(ncfg *config.Config) { kv.register(ncfg, p) }
+	sv := openSteer(cfg, p, log)
+	defer sv.Close()
+	p.Reloaded = func(ncfg *config.Config) {
+		kv.register(ncfg, p)
+		sv.register(ncfg, p)
+	}
 	var admins sync.WaitGroup
 	actx, stopAdmin := context.WithCancel(context.Background())
 	defer func() { stopAdmin(); admins.Wait() }()

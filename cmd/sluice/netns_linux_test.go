@@ -90,6 +90,8 @@ func netnsChild(mode, params string) error {
 		return netnsClient(p)
 	case "scan":
 		return netnsScan(p)
+	case "steerclient":
+		return steerClient(p)
 	}
 	return fmt.Errorf("unknown mode %q", mode)
 }

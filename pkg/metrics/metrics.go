@@ -33,6 +33,8 @@ type collector struct {
 	tunCur, tunTotal, tunBytes, tunIdle, tunKilled, tunSpliced, srvTunnels *prometheus.Desc
 
 	kMode, kLost, kFeEstab, kSrvEstab, kSrvTW, kSrcEstab, kSrcTW, kSrcOcc, kSrcFree *prometheus.Desc
+
+	steerFe, steerFall, steerSrvCur, steerSrvTotal *prometheus.Desc
 }
 
 // NewCollector returns a collector of src's counters.
@@ -80,6 +82,10 @@ func NewCollector(src Source) prometheus.Collector {
 		kSrcTW:         d("kernel_source_time_wait", "Sockets in TIME_WAIT from the source address to the server.", "proxy", "server", "source"),
 		kSrcOcc:        d("kernel_source_occupied", "Sockets in any state from the source address to the server: the tuples taken.", "proxy", "server", "source"),
 		kSrcFree:       d("kernel_source_free_tuples", "Tuples (source ports) still free from the source address to the server.", "proxy", "server", "source"),
+		steerFe:        d("kernel_frontend_steered_total", "Local connect() calls to the frontend that kernel steering sent straight to a server.", fe...),
+		steerFall:      d("kernel_frontend_fallthrough_total", "Local connect() calls to a steered frontend left to sluice's listener (every server full or unusable).", fe...),
+		steerSrvCur:    d("kernel_server_steered_current", "Steered connections open to the server now (they count against its maxconn).", srv...),
+		steerSrvTotal:  d("kernel_server_steered_total", "Connections kernel steering sent to the server.", srv...),
 	}
 }
 
@@ -117,6 +123,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		if f.Kernel != nil {
 			g(c.kFeEstab, float64(*f.Kernel), f.Name)
 		}
+		if f.Steer != nil {
+			k(c.steerFe, float64(f.Steer.Steered), f.Name)
+			k(c.steerFall, float64(f.Steer.FallThrough), f.Name)
+		}
 		g(c.feCur, float64(f.CurrSessions), f.Name)
 		k(c.feTotal, float64(f.Sessions), f.Name)
 		g(c.feLimit, float64(f.MaxConn), f.Name)
@@ -138,6 +148,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			k(c.srvErrors, float64(s.Failures), b.Name, s.Name)
 			g(c.srvWeight, float64(s.Weight), b.Name, s.Name)
 			g(c.srvTunnels, float64(s.Tunnels), b.Name, s.Name)
+			if s.SteeredTotal > 0 || s.Steered > 0 {
+				g(c.steerSrvCur, float64(s.Steered), b.Name, s.Name)
+				k(c.steerSrvTotal, float64(s.SteeredTotal), b.Name, s.Name)
+			}
 			if ks := s.Kernel; ks != nil {
 				g(c.kSrvEstab, float64(ks.Established), b.Name, s.Name)
 				g(c.kSrvTW, float64(ks.TimeWait), b.Name, s.Name)

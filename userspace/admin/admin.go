@@ -357,6 +357,26 @@ func (s *Server) showKernel(w io.Writer, _ []string) error {
 			}
 		}
 	}
+	steered := false
+	for _, f := range st.Frontends {
+		steered = steered || f.Steer != nil
+	}
+	if steered {
+		fmt.Fprintln(w, "# steered frontend steered fallthrough")
+		for _, f := range st.Frontends {
+			if f.Steer != nil {
+				fmt.Fprintf(w, "%s %d %d\n", f.Name, f.Steer.Steered, f.Steer.FallThrough)
+			}
+		}
+		fmt.Fprintln(w, "# steered backend/server current total")
+		for _, b := range st.Backends {
+			for _, v := range b.Servers {
+				if v.SteeredTotal > 0 || v.Steered > 0 {
+					fmt.Fprintf(w, "%s/%s %d %d\n", b.Name, v.Name, v.Steered, v.SteeredTotal)
+				}
+			}
+		}
+	}
 	fmt.Fprintln(w, "# backend/server source established time_wait occupied free selections exhausted")
 	for _, b := range st.Backends {
 		for _, v := range b.Servers {

@@ -198,6 +198,9 @@ func (s *server) apply() {
 		st = queue.StateDrain
 	}
 	s.be.q.SetServerState(s.q, st)
+	if s.p != nil && s.p.ServerState != nil {
+		s.p.ServerState(s.be.name, s.q.Name, st)
+	}
 }
 
 func (p *Proxy) logState(s *server, state, reason string) {

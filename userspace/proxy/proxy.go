@@ -85,6 +85,9 @@ type Proxy struct {
 	// source addresses; nil or a nil result: the pools count only their own
 	// connections.
 	Occupancy func() source.Occupancy
+	// ServerState, if set, is told every server state change (operator or
+	// health checks), e.g. to take a server out of kernel steering at once.
+	ServerState func(backend, server string, st queue.State)
 }
 
 // httpRule is a compiled http-request rule: deny, or the Prometheus

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/sluicelb/sluice/userspace/queue"
 	"github.com/sluicelb/sluice/userspace/source"
 	"github.com/sluicelb/sluice/userspace/tunnel"
 )
@@ -38,6 +39,15 @@ type FrontendStats struct {
 	// Kernel is the established connections the kernel counts on the
 	// frontend's listeners (nil without kernel counters).
 	Kernel *int64
+	// Steer is the kernel steering's figures (nil when not steered).
+	Steer *SteerFrontendStats
+}
+
+// SteerFrontendStats count the connect() calls kernel steering saw for a
+// frontend.
+type SteerFrontendStats struct {
+	Steered     int64 // sent straight to a server
+	FallThrough int64 // left to sluice's listener: every server full or unusable
 }
 
 // BackendStats are one backend's counters.
@@ -71,6 +81,9 @@ type ServerStats struct {
 	// Kernel is what the kernel counts toward the server (nil without
 	// kernel counters): filled by the Proxy's KernelStats hook.
 	Kernel *KernelServerStats
+	// Steered is the steered connections open to the server now and in
+	// total (kernel steering; zero without).
+	Steered, SteeredTotal int64
 }
 
 // KernelServerStats are the kernel's figures for one server.
@@ -277,3 +290,27 @@ func (p *Proxy) ShutdownServerSessions(backend, name string) (int, error) {
 
 // HasSourcePools reports whether some server connects from a `source` pool.
 func (p *Proxy) HasSourcePools() bool { return len(p.g().pools) > 0 }
+
+// ShareSlots makes a server's slots shared with another party (kernel
+// steering): see queue.Server.Shared. It applies to the configuration in
+// force; call it again after a reload.
+func (p *Proxy) ShareSlots(backend, name string, sh queue.SharedSlots) error {
+	s, err := p.findServer(backend, name)
+	if err != nil {
+		return err
+	}
+	s.be.q.SetShared(s.q, sh)
+	return nil
+}
+
+// KickServer hands the free slots of the servers at addr to requests
+// waiting for them (the other party of a shared count gave places back).
+func (p *Proxy) KickServer(addr netip.AddrPort) {
+	for _, be := range p.g().backends {
+		for _, s := range be.servers {
+			if s.ap == addr {
+				be.q.Kick(s.q)
+			}
+		}
+	}
+}

@@ -72,7 +72,7 @@ func (l *leastConn) Pick(b *Backend, _ uint64, exclude *Server) *Server {
 			continue
 		}
 		// Compare (cur+queued)/weight without division.
-		if best == nil || (s.cur+s.queue.Len())*best.effW < (best.cur+best.queue.Len())*s.effW {
+		if best == nil || (s.inUse()+s.queue.Len())*best.effW < (best.inUse()+best.queue.Len())*s.effW {
 			best = s
 		}
 	}

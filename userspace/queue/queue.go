@@ -42,6 +42,13 @@ type Server struct {
 	MaxQueue int // 0 = unlimited
 	Backup   bool
 
+	// Shared, when set, is a slot count this server shares with another
+	// party that takes slots on its own: the kernel steering local
+	// clients straight to the server. A slot is granted only if a place can
+	// be taken there too, so the server never exceeds its limit in total.
+	// Set before the backend is in use.
+	Shared SharedSlots
+
 	state atomic.Int32
 
 	// guarded by Backend.mu
@@ -51,6 +58,8 @@ type Server struct {
 	current int       // smooth weighted round robin state
 	effW    int       // weight in use
 	succ    *Server   // after a reload: the server whose slots ours also hold (HandOver)
+	tokens       []any // places taken in Shared, one per slot held
+	sharedQueued bool  // last SetQueued told to Shared
 	succB   *Backend
 
 	// Counters, readable without the lock.
@@ -84,9 +93,38 @@ func (s *Server) SetState(st State) { s.state.Store(int32(st)) }
 
 func (s *Server) usable() bool { return s.State() == StateUp && s.effW > 0 }
 
+// inUse is the slots taken on s: by the queue's callers and, with a shared
+// count, by the other party.
+func (s *Server) inUse() int {
+	if s.Shared != nil {
+		return s.cur + s.Shared.Others()
+	}
+	return s.cur
+}
+
 func (s *Server) full() bool {
 	lim := s.limit
-	return lim > 0 && s.cur >= lim
+	if lim <= 0 {
+		return false
+	}
+	if s.Shared != nil {
+		return s.cur+s.Shared.Others() >= lim
+	}
+	return s.cur >= lim
+}
+
+// SharedSlots is a server's slot count shared with another party (see
+// Server.Shared).
+type SharedSlots interface {
+	// TryTake takes one place if fewer than limit are taken in total (0:
+	// no limit), and returns a token for Give.
+	TryTake(limit int) (token any, ok bool)
+	Give(token any)
+	// Others is the places the other party holds now.
+	Others() int
+	// SetQueued says requests wait for the server in the queues: the
+	// other party should leave the freed places to them.
+	SetQueued(bool)
 }
 
 // Balancer picks a server. It is called with the backend locked. Hashing
@@ -262,8 +300,7 @@ func (b *Backend) AcquireAt(ctx context.Context, key uint64, exclude *Server, ar
 	b.mu.Lock()
 	b.enter()
 	s := b.Balancer.Pick(b, key, exclude)
-	if s != nil && !s.full() && s.queue.Len() == 0 && b.queue.Len() == 0 {
-		b.grant(s)
+	if s != nil && !s.full() && s.queue.Len() == 0 && b.queue.Len() == 0 && b.grant(s) {
 		b.mu.Unlock()
 		return s, nil
 	}
@@ -272,8 +309,7 @@ func (b *Backend) AcquireAt(ctx context.Context, key uint64, exclude *Server, ar
 		// The hashed server's queue is full: as HAProxy does, the
 		// request loses its server and may go to any other one, now if
 		// one has a free slot, else through the backend queue.
-		if o := b.anyFree(s); o != nil && b.queue.Len() == 0 {
-			b.grant(o)
+		if o := b.anyFree(s); o != nil && b.queue.Len() == 0 && b.grant(o) {
 			b.mu.Unlock()
 			return o, nil
 		}
@@ -301,6 +337,7 @@ func (b *Backend) AcquireAt(ctx context.Context, key uint64, exclude *Server, ar
 		b.QueueCur.Store(n)
 		maxStore(&b.QueueMax, n)
 	}
+	b.syncQueued()
 	b.mu.Unlock()
 
 	start := time.Now()
@@ -342,7 +379,7 @@ func (b *Backend) anyFree(exclude *Server) *Server {
 		if s == exclude || !b.eligible(s, backups) || s.full() {
 			continue
 		}
-		if best == nil || s.cur*best.effW < best.cur*s.effW {
+		if best == nil || s.inUse()*best.effW < best.inUse()*s.effW {
 			best = s
 		}
 	}
@@ -367,13 +404,54 @@ func (b *Backend) unqueue(w *waiter) {
 		b.queue.Remove(w.elem)
 		b.QueueCur.Store(int64(b.queue.Len()))
 	}
+	b.syncQueued()
 }
 
-func (b *Backend) grant(s *Server) {
+// syncQueued tells the servers' shared slot counts whether requests wait
+// for them (their own queue, or the backend's).
+func (b *Backend) syncQueued() {
+	for _, s := range b.Servers {
+		if s.Shared == nil {
+			continue
+		}
+		q := s.queue.Len() > 0 || (b.queue.Len() > 0 && !s.Backup)
+		if q != s.sharedQueued {
+			s.sharedQueued = q
+			s.Shared.SetQueued(q)
+		}
+	}
+}
+
+// SetShared sets s.Shared while the backend may be in use.
+func (b *Backend) SetShared(s *Server, sh SharedSlots) {
+	b.mu.Lock()
+	s.Shared, s.sharedQueued = sh, false
+	b.mu.Unlock()
+}
+
+// Kick hands free slots of s to waiters: for a server whose shared slots
+// the other party gave back (the kernel's steered connections closing).
+func (b *Backend) Kick(s *Server) {
+	b.mu.Lock()
+	b.dispatch(s)
+	b.mu.Unlock()
+}
+
+// grant gives the caller a slot of s; with a shared count it fails when the
+// other party took the last place meanwhile.
+func (b *Backend) grant(s *Server) bool {
+	if s.Shared != nil {
+		tok, ok := s.Shared.TryTake(s.limit)
+		if !ok {
+			return false
+		}
+		s.tokens = append(s.tokens, tok)
+	}
 	s.cur++
 	s.Cur.Store(int64(s.cur))
 	maxStore(&s.Max, int64(s.cur))
 	s.Total.Add(1)
+	return true
 }
 
 // Release gives back the slot held on s and hands it to the oldest waiter
@@ -382,6 +460,11 @@ func (b *Backend) Release(s *Server) { b.release(s, true) }
 
 func (b *Backend) release(s *Server, leave bool) {
 	b.mu.Lock()
+	if n := len(s.tokens); n > 0 {
+		s.Shared.Give(s.tokens[n-1])
+		s.tokens[n-1] = nil
+		s.tokens = s.tokens[:n-1]
+	}
 	s.cur--
 	s.Cur.Store(int64(s.cur))
 	if leave {
@@ -431,9 +514,11 @@ func (b *Backend) dispatch(s *Server) {
 		if w == nil {
 			return
 		}
+		if !b.grant(s) {
+			return // the other party took the place: wait for its release
+		}
 		b.unqueue(w)
 		w.srv = s
-		b.grant(s)
 		w.ch <- struct{}{}
 	}
 }
@@ -457,11 +542,10 @@ func (b *Backend) TryAcquire(key uint64) *Server {
 		return nil
 	}
 	s := b.Balancer.Pick(b, key, nil)
-	if s == nil || s.full() || s.queue.Len() > 0 {
+	if s == nil || s.full() || s.queue.Len() > 0 || !b.grant(s) {
 		return nil
 	}
 	b.enter()
-	b.grant(s)
 	return s
 }
 

@@ -382,3 +382,61 @@ func TestHandOver(t *testing.T) {
 		t.Fatalf("cur old %d new %d, want 0", old.Cur.Load(), ns.Cur.Load())
 	}
 }
+
+// fakeShared is a slot count shared with "the kernel".
+type fakeShared struct {
+	mu           sync.Mutex
+	others, ours int
+	queued       bool
+}
+
+func (f *fakeShared) TryTake(limit int) (any, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if limit > 0 && f.others+f.ours >= limit {
+		return nil, false
+	}
+	f.ours++
+	return struct{}{}, true
+}
+func (f *fakeShared) Give(any)         { f.mu.Lock(); f.ours--; f.mu.Unlock() }
+func (f *fakeShared) Others() int      { f.mu.Lock(); defer f.mu.Unlock(); return f.others }
+func (f *fakeShared) SetQueued(q bool) { f.mu.Lock(); f.queued = q; f.mu.Unlock() }
+
+// With a shared slot count, places the other party holds count against
+// maxconn; a request waits while they fill the server, the other party is
+// told, and a Kick after it gives one back dispatches the request.
+func TestSharedSlots(t *testing.T) {
+	sh := &fakeShared{others: 5}
+	s := &Server{Name: "s", MaxConn: 5, Weight: 1, Shared: sh}
+	b := NewBackend("b", []*Server{s}, roundRobin{}, 5*time.Second)
+	if b.TryAcquire(0) != nil {
+		t.Fatal("granted a slot while the other party holds all 5")
+	}
+	got := make(chan *Server, 1)
+	go func() {
+		s, _ := b.Acquire(context.Background(), 0, nil)
+		got <- s
+	}()
+	waitQueued(t, b, 1)
+	sh.mu.Lock()
+	queued := sh.queued
+	sh.others--
+	sh.mu.Unlock()
+	if !queued {
+		t.Error("the other party was not told requests wait")
+	}
+	b.Kick(s)
+	select {
+	case <-got:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Kick did not dispatch the waiting request")
+	}
+	if sh.ours != 1 || sh.queued {
+		t.Errorf("ours %d queued %v, want 1 and false", sh.ours, sh.queued)
+	}
+	b.Release(s)
+	if sh.ours != 0 {
+		t.Errorf("release did not give the place back: %d", sh.ours)
+	}
+}
