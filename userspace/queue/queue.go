@@ -52,15 +52,15 @@ type Server struct {
 	state atomic.Int32
 
 	// guarded by Backend.mu
-	cur     int       // requests holding a slot
-	limit   int       // the maxconn in force (dynamic with minconn)
-	queue   list.List // *waiter targeted at this server
-	current int       // smooth weighted round robin state
-	effW    int       // weight in use
-	succ    *Server   // after a reload: the server whose slots ours also hold (HandOver)
-	tokens       []any // places taken in Shared, one per slot held
-	sharedQueued bool  // last SetQueued told to Shared
-	succB   *Backend
+	cur          int       // requests holding a slot
+	limit        int       // the maxconn in force (dynamic with minconn)
+	queue        list.List // *waiter targeted at this server
+	current      int       // smooth weighted round robin state
+	effW         int       // weight in use
+	succ         *Server   // after a reload: the server whose slots ours also hold (HandOver)
+	tokens       []any     // places taken in Shared, one per slot held
+	sharedQueued bool      // last SetQueued told to Shared
+	succB        *Backend
 
 	// Counters, readable without the lock.
 	Cur      atomic.Int64 // mirrors cur
