@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -50,8 +49,7 @@ func TestKernelFigures(t *testing.T) {
 	}()
 	web, tcp := freeAddr(t), freeAddr(t)
 	sock := filepath.Join(t.TempDir(), "admin.sock")
-	cfgPath := filepath.Join(t.TempDir(), "k.cfg")
-	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`
+	stderr := startSluice(t, fmt.Sprintf(`
 global
     stats socket %s level admin
 defaults
@@ -69,19 +67,7 @@ frontend tcpin
 backend echo
     mode tcp
     server s1 %s
-`, sock, web, tcp, echo.Addr())), 0o600)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	var stderr syncWriter
-	go func() { done <- run(ctx, []string{"-f", cfgPath}, io.Discard, &stderr) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Error("sluice did not stop")
-		}
-	})
+`, sock, web, tcp, echo.Addr()))
 	metric := func(name string) (float64, bool) {
 		res, err := http.Get("http://" + web + "/metrics")
 		if err != nil {
@@ -134,11 +120,7 @@ backend echo
 	wait("TIME_WAIT", `sluice_kernel_server_time_wait{proxy="echo",server="s1"}`, 2)
 	wait("per source", `sluice_kernel_source_time_wait{proxy="echo",server="s1",source="127.0.0.1"}`, 2)
 
-	var out strings.Builder
-	if err := run(ctx, []string{"ctl", "-S", sock, "show kernel"}, &out, io.Discard); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(out.String(), "mode: ebpf") || !strings.Contains(out.String(), "echo/s1 "+echo.Addr().String()+" 3 2") {
-		t.Errorf("show kernel:\n%s", out.String())
+	if out := askSocket(t, sock, "show kernel"); !strings.Contains(out, "mode: ebpf") || !strings.Contains(out, "echo/s1 "+echo.Addr().String()+" 3 2") {
+		t.Errorf("show kernel:\n%s", out)
 	}
 }

@@ -4,11 +4,9 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha1"
-	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -16,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluicelb/sluice/internal/streamtest"
 )
 
 // startSluice runs sluice in-process with the configuration text (%s
@@ -109,8 +109,8 @@ func TestKernelSplice(t *testing.T) {
 				// once the client's FIN is read would cut the server's
 				// own stream short (and look like the splice lost it).
 				sent := make(chan struct{})
-				go func() { sums <- sendRandom(c, size, 7); c.(*net.TCPConn).CloseWrite(); close(sent) }()
-				sums <- hashAll(br)
+				go func() { sums <- streamtest.Send(c, size, 7); c.(*net.TCPConn).CloseWrite(); close(sent) }()
+				sums <- streamtest.Hash(br)
 				<-sent
 			}()
 		}
@@ -146,9 +146,9 @@ backend ws
 	defer c.Close()
 	var sent [32]byte
 	wrote := make(chan struct{})
-	go func() { sent = sendRandom(c, size, 3); c.(*net.TCPConn).CloseWrite(); close(wrote) }()
+	go func() { sent = streamtest.Send(c, size, 3); c.(*net.TCPConn).CloseWrite(); close(wrote) }()
 	cr := &countReader{r: c}
-	got := hashAll(cr)
+	got := streamtest.Hash(cr)
 	<-wrote
 	t.Logf("client received %d bytes, then %v", cr.n, cr.err)
 	a, b := <-sums, <-sums // the server's received and sent sums, in either order
@@ -198,32 +198,6 @@ backend ws
 func wsAcceptFor(key string) string {
 	h := sha1Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
 	return base64Std(h)
-}
-
-func sendRandom(w io.Writer, n int64, seed uint64) [32]byte {
-	r := rand.NewChaCha8([32]byte{byte(seed)})
-	h := sha256.New()
-	buf := make([]byte, 256<<10)
-	for n > 0 {
-		b := buf[:min(int64(len(buf)), n)]
-		r.Read(b)
-		h.Write(b)
-		if _, err := w.Write(b); err != nil {
-			break
-		}
-		n -= int64(len(b))
-	}
-	var s [32]byte
-	copy(s[:], h.Sum(nil))
-	return s
-}
-
-func hashAll(r io.Reader) [32]byte {
-	h := sha256.New()
-	io.CopyBuffer(h, r, make([]byte, 256<<10))
-	var s [32]byte
-	copy(s[:], h.Sum(nil))
-	return s
 }
 
 func sha1Sum(b []byte) []byte { s := sha1.Sum(b); return s[:] }

@@ -3,10 +3,8 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"strings"
@@ -14,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sluicelb/sluice/internal/streamtest"
 )
 
 // tcpBackend is a plain TCP server: handle runs per connection. It records
@@ -125,8 +125,8 @@ func TestTCPGigabyte(t *testing.T) {
 		var s sums
 		var wg sync.WaitGroup
 		wg.Add(1)
-		go func() { defer wg.Done(); s.sent = sendRandom(c, size, 2); c.CloseWrite() }()
-		s.got = hashAll(c)
+		go func() { defer wg.Done(); s.sent = streamtest.Send(c, size, 2); c.CloseWrite() }()
+		s.got = streamtest.Hash(c)
 		wg.Wait()
 		srvSums <- s
 	})
@@ -139,8 +139,8 @@ func TestTCPGigabyte(t *testing.T) {
 	c.SetDeadline(time.Now().Add(5 * time.Minute))
 	var sent [32]byte
 	done := make(chan struct{})
-	go func() { sent = sendRandom(c.(*net.TCPConn), size, 1); c.(*net.TCPConn).CloseWrite(); close(done) }()
-	got := hashAll(c)
+	go func() { sent = streamtest.Send(c.(*net.TCPConn), size, 1); c.(*net.TCPConn).CloseWrite(); close(done) }()
+	got := streamtest.Hash(c)
 	<-done
 	s := <-srvSums
 	if s.got != sent {
@@ -149,33 +149,6 @@ func TestTCPGigabyte(t *testing.T) {
 	if got != s.sent {
 		t.Errorf("server->client: SHA-256 differs")
 	}
-}
-
-// sendRandom writes n pseudo-random bytes and returns their SHA-256.
-func sendRandom(w io.Writer, n int64, seed uint64) [32]byte {
-	r := rand.NewChaCha8([32]byte{byte(seed)})
-	h := sha256.New()
-	buf := make([]byte, 256<<10)
-	for n > 0 {
-		b := buf[:min(int64(len(buf)), n)]
-		r.Read(b)
-		h.Write(b)
-		if _, err := w.Write(b); err != nil {
-			break
-		}
-		n -= int64(len(b))
-	}
-	var s [32]byte
-	copy(s[:], h.Sum(nil))
-	return s
-}
-
-func hashAll(r io.Reader) [32]byte {
-	h := sha256.New()
-	io.CopyBuffer(h, r, make([]byte, 256<<10))
-	var s [32]byte
-	copy(s[:], h.Sum(nil))
-	return s
 }
 
 // TestTCPThousandTunnels: 1,000 concurrent tunnels, each echoing its own
