@@ -177,6 +177,13 @@ func startProxy(t testing.TB, cfg string, logBuf io.Writer, backends ...*testBac
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
+	for _, w := range c.Warnings {
+		// A keyword in the wrong section is a mistake in the test's
+		// configuration (it would silently test something else).
+		if strings.Contains(w.Msg, "not allowed in") {
+			t.Fatalf("test configuration: %v", w)
+		}
+	}
 	p, err := New(c, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatalf("proxy: %v", err)
