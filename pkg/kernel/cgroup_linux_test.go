@@ -267,7 +267,7 @@ func TestCountersDetachOnExit(t *testing.T) {
 			case strings.HasPrefix(line, "ERR "):
 				t.Fatalf("child: %s; stderr:\n%s", line, stderr.String())
 			}
-			ids, err := parseIDs(strings.TrimPrefix(line, "IDS "))
+			ids, err := parseIDs(strings.TrimPrefix(line, "IDS "), 2)
 			if err != nil {
 				t.Fatalf("child said %q: %v", line, err)
 			}
@@ -308,8 +308,9 @@ func attachedSockops(t *testing.T, dir string) int {
 	return len(res.Programs)
 }
 
-// parseIDs reads "[l1 l2] [p1 p2]" as printed by the child.
-func parseIDs(s string) (countIDs, error) {
+// parseIDs reads "[l1 l2] [p1 p2]" as printed by the child: want links
+// and as many programs.
+func parseIDs(s string, want int) (countIDs, error) {
 	var ids countIDs
 	parts := strings.SplitN(s, "] [", 2)
 	if len(parts) != 2 {
@@ -329,8 +330,8 @@ func parseIDs(s string) (countIDs, error) {
 		}
 		ids.progs = append(ids.progs, ebpf.ProgramID(n))
 	}
-	if len(ids.links) != 2 || len(ids.progs) != 2 {
-		return ids, errors.New("want two links and two programs")
+	if len(ids.links) != want || len(ids.progs) != want {
+		return ids, fmt.Errorf("want %d links and %d programs", want, want)
 	}
 	return ids, nil
 }

@@ -210,6 +210,13 @@ func (c *Counters) set(addrs []netip.AddrPort, frontends bool) error {
 // mode those opened from the daemon's cgroup, in netlink mode any in the
 // network namespace.
 func (c *Counters) Established(server netip.AddrPort) int {
+	return c.read(func(b *ebpfCounters) int { return b.established(server) },
+		func(s *nlSnapshot) int { return s.server[unmapAP(server)] })
+}
+
+// read serves a reader from the live eBPF maps, or from the netlink
+// snapshot.
+func (c *Counters) read(fromBPF func(*ebpfCounters) int, fromSnapshot func(*nlSnapshot) int) int {
 	if c == nil {
 		return 0
 	}
@@ -219,10 +226,10 @@ func (c *Counters) Established(server netip.AddrPort) int {
 		if c.closed {
 			return 0
 		}
-		return c.bpf.established(server)
+		return fromBPF(c.bpf)
 	}
 	if s := c.snapshot(); s != nil {
-		return s.server[unmapAP(server)]
+		return fromSnapshot(s)
 	}
 	return 0
 }
@@ -230,41 +237,15 @@ func (c *Counters) Established(server netip.AddrPort) int {
 // SourceEstablished is the number of ESTABLISHED connections from the local
 // address src to server.
 func (c *Counters) SourceEstablished(src netip.Addr, server netip.AddrPort) int {
-	if c == nil {
-		return 0
-	}
-	if c.bpf != nil {
-		c.mu.RLock()
-		defer c.mu.RUnlock()
-		if c.closed {
-			return 0
-		}
-		return c.bpf.sourceEstablished(src.Unmap(), server)
-	}
-	if s := c.snapshot(); s != nil {
-		return s.pair[pairKey{src.Unmap(), unmapAP(server)}]
-	}
-	return 0
+	return c.read(func(b *ebpfCounters) int { return b.sourceEstablished(src.Unmap(), server) },
+		func(s *nlSnapshot) int { return s.pair[pairKey{src.Unmap(), unmapAP(server)}] })
 }
 
 // FrontendEstablished is the number of ESTABLISHED connections accepted by
 // the registered frontend fe.
 func (c *Counters) FrontendEstablished(fe netip.AddrPort) int {
-	if c == nil {
-		return 0
-	}
-	if c.bpf != nil {
-		c.mu.RLock()
-		defer c.mu.RUnlock()
-		if c.closed {
-			return 0
-		}
-		return c.bpf.frontendEstablished(fe)
-	}
-	if s := c.snapshot(); s != nil {
-		return s.frontend[unmapAP(fe)]
-	}
-	return 0
+	return c.read(func(b *ebpfCounters) int { return b.frontendEstablished(fe) },
+		func(s *nlSnapshot) int { return s.frontend[unmapAP(fe)] })
 }
 
 // Lost is the number of sockets the kernel side could not count because a

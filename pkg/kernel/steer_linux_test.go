@@ -764,7 +764,8 @@ func TestSteerDetachOnExit(t *testing.T) {
 			if !strings.HasPrefix(line, "IDS ") {
 				t.Fatalf("child: %q; stderr:\n%s", line, stderr.String())
 			}
-			ids, err := parseSteerIDs(strings.TrimPrefix(line, "IDS "))
+			cids, err := parseIDs(strings.TrimPrefix(line, "IDS "), 6)
+			ids := steerIDs(cids)
 			if err != nil {
 				t.Fatalf("child said %q: %v", line, err)
 			}
@@ -789,33 +790,6 @@ func TestSteerDetachOnExit(t *testing.T) {
 			})
 		})
 	}
-}
-
-// parseSteerIDs reads "[l1 l2 ...] [p1 p2 ...]" as printed by the child.
-func parseSteerIDs(s string) (steerIDs, error) {
-	var ids steerIDs
-	parts := strings.SplitN(s, "] [", 2)
-	if len(parts) != 2 {
-		return ids, errors.New("want two lists")
-	}
-	for _, f := range strings.Fields(strings.Trim(parts[0], "[]")) {
-		n, err := strconv.ParseUint(f, 10, 32)
-		if err != nil {
-			return ids, err
-		}
-		ids.links = append(ids.links, link.ID(n))
-	}
-	for _, f := range strings.Fields(strings.Trim(parts[1], "[]")) {
-		n, err := strconv.ParseUint(f, 10, 32)
-		if err != nil {
-			return ids, err
-		}
-		ids.progs = append(ids.progs, ebpf.ProgramID(n))
-	}
-	if len(ids.links) != 6 || len(ids.progs) != 6 {
-		return ids, errors.New("want six links and six programs")
-	}
-	return ids, nil
 }
 
 func TestInnermostPID(t *testing.T) {
