@@ -366,3 +366,27 @@ func (c *client) tryRead(method string) (*http.Response, string, error) {
 	body, err := io.ReadAll(res.Body)
 	return res, string(body), err
 }
+
+// serveStoppable runs a proxy for cfg with the given grace period and
+// returns its first frontend's address, a stop function (the graceful stop
+// a signal starts) and a channel closed when Serve has returned.
+func serveStoppable(t testing.TB, cfg string, grace time.Duration) (addr string, stop func(), served chan struct{}) {
+	t.Helper()
+	c, err := configParse(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(c, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Loops = testLoops
+	if err := p.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served = make(chan struct{})
+	go func() { p.Serve(ctx, nil, grace); close(served) }()
+	t.Cleanup(func() { cancel(); <-served })
+	return p.Addrs(c.Frontends[0].Name)[0].String(), cancel, served
+}

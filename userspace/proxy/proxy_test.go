@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"context"
 	"crypto/rand"
 	"fmt"
 	"io"
@@ -552,22 +551,7 @@ func testGracefulStop(t *testing.T) {
 		}
 		w.reply(200, "done")
 	})
-	c, err := configParse(basicCfg + "    server s1 " + b.addr() + "\n")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := New(c, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Loops = testLoops
-	if err := p.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	addr := p.Addrs("fe")[0].String()
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan struct{})
-	go func() { p.Serve(ctx, nil, 5*time.Second); close(served) }()
+	addr, cancel, served := serveStoppable(t, basicCfg+"    server s1 "+b.addr()+"\n", 5*time.Second)
 
 	idle := dial(t, addr)
 	idle.get(t, "/")

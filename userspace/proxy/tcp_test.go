@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -294,22 +293,8 @@ func TestTCPIdle(t *testing.T) {
 // them; Serve then returns.
 func TestGracefulStopTunnels(t *testing.T) {
 	b := newTCPBackend(t, echo)
-	c, err := configParse(tcpCfg + "    server s1 " + b.addr() + "\n")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := New(c, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	addr := p.Addrs("fe")[0].String()
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan struct{})
 	const grace = 600 * time.Millisecond
-	go func() { p.Serve(ctx, nil, grace); close(served) }()
+	addr, cancel, served := serveStoppable(t, tcpCfg+"    server s1 "+b.addr()+"\n", grace)
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -361,22 +346,8 @@ func TestHardStopAbortsWaitingRequests(t *testing.T) {
 			}
 			w.reply(200, "late\n")
 		})
-		c, err := configParse(basicCfg + "    server s1 " + b.addr() + "\n")
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, err := New(c, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p.Loops = testLoops
-		if err := p.Listen(); err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		served := make(chan struct{})
-		go func() { p.Serve(ctx, nil, 300*time.Millisecond); close(served) }()
-		cl := dial(t, p.Addrs("fe")[0].String())
+		addr, cancel, served := serveStoppable(t, basicCfg+"    server s1 "+b.addr()+"\n", 300*time.Millisecond)
+		cl := dial(t, addr)
 		cl.send(t, "GET / HTTP/1.1\r\nHost: t\r\n\r\n")
 		waitUntil(t, "request at the server", func() bool { return b.inflight.Load() == 1 })
 		start := time.Now()
