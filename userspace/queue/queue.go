@@ -154,6 +154,7 @@ type Backend struct {
 	queue    list.List // *waiter not tied to a server
 	sessions int       // requests in the backend: served and queued
 	dynamic  bool      // some server has a minconn
+	shared   bool      // some server has a Shared slot count
 
 	QueueCur  atomic.Int64
 	QueueMax  atomic.Int64
@@ -410,6 +411,9 @@ func (b *Backend) unqueue(w *waiter) {
 // syncQueued tells the servers' shared slot counts whether requests wait
 // for them (their own queue, or the backend's).
 func (b *Backend) syncQueued() {
+	if !b.shared {
+		return
+	}
 	for _, s := range b.Servers {
 		if s.Shared == nil {
 			continue
@@ -426,6 +430,7 @@ func (b *Backend) syncQueued() {
 func (b *Backend) SetShared(s *Server, sh SharedSlots) {
 	b.mu.Lock()
 	s.Shared, s.sharedQueued = sh, false
+	b.shared = b.shared || sh != nil
 	b.mu.Unlock()
 }
 
