@@ -180,6 +180,7 @@ func NewBackend(name string, servers []*Server, bal Balancer, timeoutQueue time.
 		if s.MinConn > 0 && s.MaxConn > 0 && s.MinConn < s.MaxConn {
 			b.dynamic = true
 		}
+		b.shared = b.shared || s.Shared != nil
 	}
 	b.updateLimits()
 	return b
