@@ -73,7 +73,7 @@ backend be
 	t.Cleanup(func() { cancel(); <-served })
 	sock := func(level string) string {
 		path := filepath.Join(t.TempDir(), level+".sock")
-		a, err := Listen(config.StatsSocket{Path: path, Level: level}, p, "test", slog.New(slog.DiscardHandler))
+		a, err := Listen(config.StatsSocket{Path: path, Mode: 0o600, Level: level}, p, "test", slog.New(slog.DiscardHandler))
 		if err != nil {
 			t.Fatal(err)
 		}
