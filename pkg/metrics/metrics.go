@@ -35,6 +35,8 @@ type collector struct {
 	kMode, kLost, kFeEstab, kSrvEstab, kSrvTW, kSrcEstab, kSrcTW, kSrcOcc, kSrcFree *prometheus.Desc
 
 	steerFe, steerFall, steerSrvCur, steerSrvTotal *prometheus.Desc
+
+	srcSel, srcExh *prometheus.Desc
 }
 
 // NewCollector returns a collector of src's counters.
@@ -82,6 +84,8 @@ func NewCollector(src Source) prometheus.Collector {
 		kSrcTW:         d("kernel_source_time_wait", "Sockets in TIME_WAIT from the source address to the server.", "proxy", "server", "source"),
 		kSrcOcc:        d("kernel_source_occupied", "Sockets in any state from the source address to the server: the tuples taken.", "proxy", "server", "source"),
 		kSrcFree:       d("kernel_source_free_tuples", "Tuples (source ports) still free from the source address to the server.", "proxy", "server", "source"),
+		srcSel:         d("source_selections_total", "Server connections made from the source address (source pools).", "proxy", "server", "source"),
+		srcExh:         d("source_exhausted_total", "Connects from the source address the kernel refused for lack of a free tuple (EADDRNOTAVAIL).", "proxy", "server", "source"),
 		steerFe:        d("kernel_frontend_steered_total", "Local connect() calls to the frontend that kernel steering sent straight to a server.", fe...),
 		steerFall:      d("kernel_frontend_fallthrough_total", "Local connect() calls to a steered frontend left to sluice's listener (every server full or unusable).", fe...),
 		steerSrvCur:    d("kernel_server_steered_current", "Steered connections open to the server now (they count against its maxconn).", srv...),
@@ -160,6 +164,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 					g(c.kSrcTW, float64(src.TimeWait), b.Name, s.Name, src.Addr)
 					g(c.kSrcOcc, float64(src.Occupied), b.Name, s.Name, src.Addr)
 					g(c.kSrcFree, float64(src.Free), b.Name, s.Name, src.Addr)
+					k(c.srcSel, float64(src.Selections), b.Name, s.Name, src.Addr)
+					k(c.srcExh, float64(src.Exhausted), b.Name, s.Name, src.Addr)
 				}
 			}
 			for _, state := range []string{"UP", "DOWN", "MAINT", "DRAIN"} {

@@ -128,3 +128,44 @@ func scrape(t *testing.T, addr string) string {
 	}
 	return string(b)
 }
+
+type fixedStats proxy.Stats
+
+func (f fixedStats) Stats() proxy.Stats { return proxy.Stats(f) }
+
+// The kernel's figures, the source pools' and steering's are exported with
+// bounded labels (proxy, server, source).
+func TestKernelMetrics(t *testing.T) {
+	est := int64(7)
+	st := fixedStats{KernelMode: "ebpf", KernelLost: 0,
+		Frontends: []proxy.FrontendStats{{Name: "fe", Kernel: &est, Steer: &proxy.SteerFrontendStats{Steered: 19, FallThrough: 1}}},
+		Backends: []proxy.BackendStats{{Name: "be", Servers: []proxy.ServerStats{{Name: "s1", State: "UP", Steered: 4, SteeredTotal: 19,
+			Kernel: &proxy.KernelServerStats{Established: 3, TimeWait: 100, Sources: []proxy.SourceStats{
+				{Addr: "198.18.0.2", Established: 3, TimeWait: 100, Occupied: 103, Free: 0, Selections: 101, Exhausted: 1}}}}}}},
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(st))
+	body, _, err := Renderer(reg)()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`sluice_kernel_counters_mode{mode="ebpf"} 1`,
+		`sluice_kernel_counters_mode{mode="netlink"} 0`,
+		`sluice_kernel_frontend_established{proxy="fe"} 7`,
+		`sluice_kernel_server_established{proxy="be",server="s1"} 3`,
+		`sluice_kernel_server_time_wait{proxy="be",server="s1"} 100`,
+		`sluice_kernel_source_time_wait{proxy="be",server="s1",source="198.18.0.2"} 100`,
+		`sluice_kernel_source_established{proxy="be",server="s1",source="198.18.0.2"} 3`,
+		`sluice_kernel_source_free_tuples{proxy="be",server="s1",source="198.18.0.2"} 0`,
+		`sluice_source_selections_total{proxy="be",server="s1",source="198.18.0.2"} 101`,
+		`sluice_source_exhausted_total{proxy="be",server="s1",source="198.18.0.2"} 1`,
+		`sluice_kernel_frontend_steered_total{proxy="fe"} 19`,
+		`sluice_kernel_frontend_fallthrough_total{proxy="fe"} 1`,
+		`sluice_kernel_server_steered_current{proxy="be",server="s1"} 4`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}
