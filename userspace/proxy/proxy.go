@@ -105,6 +105,7 @@ type generation struct {
 	frontends []*frontend
 	backends  []*backend
 	pools     []*source.Pool
+	poolPos   []config.Pos // where each pool's `source` line is
 	stop      chan struct{} // closed when replaced: ends its health checks
 }
 
@@ -215,6 +216,7 @@ func (p *Proxy) build(cfg *config.Config) (*generation, error) {
 	var errs config.Errors
 	index := map[string]int{}
 	pools := map[string]*source.Pool{} // one pool per distinct source setting
+	poolPos := map[*source.Pool]config.Pos{}
 	for _, bc := range cfg.Backends {
 		be, err := newBackend(bc)
 		if err != nil {
@@ -223,7 +225,7 @@ func (p *Proxy) build(cfg *config.Config) (*generation, error) {
 		}
 		// Errors in the sources are reported, but the backend stays known
 		// so that its frontends do not report it missing as well.
-		errs = append(errs, be.setSources(p, pools)...)
+		errs = append(errs, be.setSources(p, pools, poolPos)...)
 		index[bc.Name] = len(g.backends)
 		g.backends = append(g.backends, be)
 	}
@@ -246,6 +248,7 @@ func (p *Proxy) build(cfg *config.Config) (*generation, error) {
 	}
 	for _, pl := range pools {
 		g.pools = append(g.pools, pl)
+		g.poolPos = append(g.poolPos, poolPos[pl])
 	}
 	g.setFullConn()
 	return g, nil
@@ -253,7 +256,7 @@ func (p *Proxy) build(cfg *config.Config) (*generation, error) {
 
 // setSources gives each server of be its source pool: the server's own
 // `source`, else the backend's; servers with the same setting share a pool.
-func (be *backend) setSources(p *Proxy, pools map[string]*source.Pool) config.Errors {
+func (be *backend) setSources(p *Proxy, pools map[string]*source.Pool, poolPos map[*source.Pool]config.Pos) config.Errors {
 	var errs config.Errors
 	for i, srv := range be.servers {
 		srv.p = p
@@ -276,6 +279,7 @@ func (be *backend) setSources(p *Proxy, pools map[string]*source.Pool) config.Er
 				continue
 			}
 			pools[key] = pl
+			poolPos[pl] = sc.Pos
 		}
 		if !srv.ap.IsValid() {
 			errs = append(errs, config.Diag{Pos: be.cfg.Servers[i].Pos, Msg: fmt.Sprintf(
@@ -292,13 +296,13 @@ func (be *backend) setSources(p *Proxy, pools map[string]*source.Pool) config.Er
 // (addresses bindable, interfaces present, capabilities for usesrc). It
 // logs the warnings and returns the first error.
 func (p *Proxy) checkSources(g *generation) error {
-	for _, pl := range g.pools {
+	for i, pl := range g.pools {
 		warns, err := pl.Check()
 		for _, w := range warns {
-			p.log.Warn("source: " + w)
+			p.log.Warn("source: "+w, "at", g.poolPos[i].String())
 		}
 		if err != nil {
-			return err
+			return fmt.Errorf("%s: %w", g.poolPos[i], err)
 		}
 	}
 	return nil
