@@ -105,7 +105,7 @@ type generation struct {
 	frontends []*frontend
 	backends  []*backend
 	pools     []*source.Pool
-	poolPos   []config.Pos // where each pool's `source` line is
+	poolPos   []config.Pos  // where each pool's `source` line is
 	stop      chan struct{} // closed when replaced: ends its health checks
 }
 
