@@ -274,8 +274,15 @@ func (s *Splicer) Splice(a, b *net.TCPConn) (*SplicedPair, error) {
 	for i, fd := range p.fd {
 		if s.cfg.SndBuf > 0 {
 			// getsockopt reports the doubled value setsockopt stores.
+			// SO_SNDBUFFORCE (CAP_NET_ADMIN, which loading sk_skb
+			// programs needs too, or CAP_SYS_ADMIN; without it this
+			// falls back to SO_SNDBUF) is not capped by net.core.wmem_max,
+			// which would cut SndBuf down (4 MiB on the bench machine; the
+			// kernel default is 208 KiB).
 			if cur, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF); err == nil && cur < 2*s.cfg.SndBuf {
-				unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, s.cfg.SndBuf)
+				if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, s.cfg.SndBuf) != nil {
+					unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, s.cfg.SndBuf)
+				}
 			}
 		}
 		var err error

@@ -71,7 +71,11 @@ func forward(mode, listen, to string) error {
 	}
 	var s *kernel.Splicer
 	if mode == "splice" {
-		if s, err = kernel.OpenSplicer(slog.New(slog.NewTextHandler(os.Stderr, nil)), kernel.SplicerConfig{}); err != nil {
+		// SPLICE_SNDBUF / SPLICE_MAXQ (bytes) override the defaults, for measuring them.
+		var cfg kernel.SplicerConfig
+		cfg.SndBuf, _ = strconv.Atoi(os.Getenv("SPLICE_SNDBUF"))
+		cfg.MaxQueue, _ = strconv.Atoi(os.Getenv("SPLICE_MAXQ"))
+		if s, err = kernel.OpenSplicer(slog.New(slog.NewTextHandler(os.Stderr, nil)), cfg); err != nil {
 			return err
 		}
 		defer s.Close()
