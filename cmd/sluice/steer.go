@@ -28,6 +28,7 @@ type steerView struct {
 	fes     map[string][]netip.AddrPort // steered frontend -> its addresses
 	backend map[string]string           // steered frontend -> backend
 	addrs   map[[2]string]netip.AddrPort
+	cfg     *config.Config // last registered
 	stop    chan struct{}
 }
 
@@ -51,6 +52,7 @@ func openSteer(cfg *config.Config, p *proxy.Proxy, log *slog.Logger) *steerView 
 	v := &steerView{st: st, log: log, stop: make(chan struct{})}
 	v.register(cfg, p)
 	p.ServerState = v.serverState
+	p.ServerTuned = v.tuned(p)
 	prev := p.KernelStats
 	p.KernelStats = func(st *proxy.Stats) {
 		if prev != nil {
@@ -81,10 +83,12 @@ func (v *steerView) register(cfg *config.Config, p *proxy.Proxy) {
 	for _, b := range cfg.Backends {
 		backends[b.Name] = b
 	}
-	states := map[[2]string]string{}
+	// The servers' state, weight and maxconn in force (the runtime API may
+	// have changed them since the configuration was read).
+	live := map[[2]string]proxy.ServerStats{}
 	for _, b := range p.Stats().Backends {
 		for _, s := range b.Servers {
-			states[[2]string{b.Name, s.Name}] = s.State
+			live[[2]string{b.Name, s.Name}] = s
 		}
 	}
 	var services []kernel.SteerService
@@ -116,8 +120,9 @@ func (v *steerView) register(cfg *config.Config, p *proxy.Proxy) {
 				continue
 			}
 			addrs[[2]string{b.Name, s.Name}] = ap
-			servers = append(servers, kernel.SteerServer{Addr: ap, Weight: s.Weight, MaxConn: s.MaxConn,
-				Usable: states[[2]string{b.Name, s.Name}] == "UP" && !s.Disabled})
+			ls := live[[2]string{b.Name, s.Name}]
+			servers = append(servers, kernel.SteerServer{Addr: ap, Weight: ls.Weight, MaxConn: ls.ConfigMax,
+				Usable: ls.State == "UP"})
 		}
 		for _, a := range p.Addrs(f.Name) {
 			ta, ok := a.(*net.TCPAddr)
@@ -148,8 +153,22 @@ func (v *steerView) register(cfg *config.Config, p *proxy.Proxy) {
 		}
 	}
 	v.mu.Lock()
-	v.fes, v.backend, v.addrs = fes, feBackend, addrs
+	v.fes, v.backend, v.addrs, v.cfg = fes, feBackend, addrs, cfg
 	v.mu.Unlock()
+}
+
+// tuned rebuilds the kernel's services when the runtime API changed a
+// server's weight or maxconn.
+func (v *steerView) tuned(p *proxy.Proxy) func(backend, server string) {
+	return func(backend, server string) {
+		v.mu.Lock()
+		cfg := v.cfg
+		_, steered := v.addrs[[2]string{backend, server}]
+		v.mu.Unlock()
+		if steered {
+			v.register(cfg, p)
+		}
+	}
 }
 
 // serverState takes a server out of (or back into) kernel selection at

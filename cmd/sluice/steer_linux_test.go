@@ -234,7 +234,20 @@ backend be
 			t.Fatalf("a server in maint got connection %v", c)
 		}
 	}
-	// The counts: 19 steered, 1 fall-through.
+	// The runtime API's maxconn and weight reach the kernel: s2 gets room
+	// for more, s3 weight 0; new connections go to s2, directly.
+	askSocket(t, sock, "set maxconn server be/s2 20")
+	askSocket(t, sock, "set server be/s3 weight 0")
+	for i := 0; i < 3; i++ {
+		c := open()
+		mu.Lock()
+		direct := peers[c.local]
+		mu.Unlock()
+		if c.server != "s2" || direct != "s2" {
+			t.Fatalf("after maxconn 20 on s2 and weight 0 on s3: connection went to %s (direct: %q)", c.server, direct)
+		}
+	}
+	// The counts: 22 steered, 1 fall-through.
 	out := askSocket(t, sock, "show kernel")
 	var steered, fall int
 	for _, l := range strings.Split(out, "\n") {
@@ -242,7 +255,7 @@ backend be
 			fmt.Sscanf(l, "fe %d %d", &steered, &fall)
 		}
 	}
-	if steered != 19 || fall != 1 {
-		t.Errorf("show kernel: steered %d fall-through %d, want 19 and 1:\n%s", steered, fall, out)
+	if steered != 22 || fall != 1 {
+		t.Errorf("show kernel: steered %d fall-through %d, want 22 and 1:\n%s", steered, fall, out)
 	}
 }

@@ -88,6 +88,9 @@ type Proxy struct {
 	// ServerState, if set, is told every server state change (operator or
 	// health checks), e.g. to take a server out of kernel steering at once.
 	ServerState func(backend, server string, st queue.State)
+	// ServerTuned, if set, is told when the runtime API changed a server's
+	// weight or maxconn.
+	ServerTuned func(backend, server string)
 }
 
 // httpRule is a compiled http-request rule: deny, or the Prometheus

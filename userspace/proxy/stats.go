@@ -223,6 +223,9 @@ func (p *Proxy) SetServerWeight(backend, name string, w int) error {
 		return fmt.Errorf("weight %d out of range 0..256", w)
 	}
 	s.be.q.SetWeight(s.q, w)
+	if p.ServerTuned != nil {
+		p.ServerTuned(backend, name)
+	}
 	return nil
 }
 
@@ -236,6 +239,9 @@ func (p *Proxy) SetServerMaxConn(backend, name string, n int) error {
 		return fmt.Errorf("maxconn %d is negative", n)
 	}
 	s.be.q.SetMaxConn(s.q, n)
+	if p.ServerTuned != nil {
+		p.ServerTuned(backend, name)
+	}
 	return nil
 }
 
