@@ -223,68 +223,16 @@ func TestCountersDetachOnExit(t *testing.T) {
 			dir := filepath.Join(ms[0].point, fmt.Sprintf("sluice-test-%d-%s", os.Getpid(), mode))
 			t.Cleanup(func() { removeCgroup(t, dir) })
 
-			cmd := exec.Command(os.Args[0], "-test.run=^TestCountersChildProcess$", "-test.count=1")
-			cmd.Env = append(os.Environ(), childModeEnv+"="+mode, childCgroupEnv+"="+dir)
-			var stderr bytes.Buffer
-			cmd.Stderr = &stderr
-			out, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			waited := false
-			t.Cleanup(func() {
-				if !waited {
-					cmd.Process.Kill()
-					cmd.Wait()
-				}
-			})
-
-			lines := make(chan string)
-			go func() {
-				sc := bufio.NewScanner(out)
-				for sc.Scan() {
-					if l := sc.Text(); strings.HasPrefix(l, "IDS ") || strings.HasPrefix(l, "ERR ") || strings.HasPrefix(l, "SKIP ") {
-						lines <- l
-						return
-					}
-				}
-				close(lines)
-			}()
-			var line string
-			select {
-			case line = <-lines:
-			case <-time.After(30 * time.Second):
-				t.Fatalf("child said nothing in 30 s; stderr:\n%s", stderr.String())
-			}
-			switch {
-			case line == "":
-				t.Fatalf("child exited without IDs; stderr:\n%s", stderr.String())
-			case strings.HasPrefix(line, "SKIP "):
-				t.Skip(strings.TrimPrefix(line, "SKIP "))
-			case strings.HasPrefix(line, "ERR "):
-				t.Fatalf("child: %s; stderr:\n%s", line, stderr.String())
-			}
-			ids, err := parseIDs(strings.TrimPrefix(line, "IDS "), 2)
-			if err != nil {
-				t.Fatalf("child said %q: %v", line, err)
-			}
+			child := startIDChild(t, "^TestCountersChildProcess$", 2, childModeEnv+"="+mode, childCgroupEnv+"="+dir)
+			ids := child.ids
 			if mode == "kill" {
 				// While the child lives, the checks below see its programs.
 				if n := attachedSockops(t, dir); n != 1 || ids.leftovers(dir) == "" {
 					t.Fatalf("live child: %d sockops programs on %s, leftovers %q", n, dir, ids.leftovers(dir))
 				}
-				if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-					t.Fatal(err)
-				}
+				child.kill(t)
 			}
-			err = cmd.Wait()
-			waited = true
-			if mode == "exit" && err != nil {
-				t.Fatalf("child: %v; stderr:\n%s", err, stderr.String())
-			}
+			child.wait(t, mode == "exit")
 			eventually(t, 10*time.Second, "nothing of the child left in the kernel", func() string {
 				return ids.leftovers(dir)
 			})
@@ -306,6 +254,84 @@ func attachedSockops(t *testing.T, dir string) int {
 		t.Fatal(err)
 	}
 	return len(res.Programs)
+}
+
+// idChild is a re-run of the test binary that loads programs, prints the
+// IDs of its links and programs ("IDS [l...] [p...]", or "ERR ..." /
+// "SKIP ..."), and lives until it exits on its own or is killed: the
+// detach-on-exit tests.
+type idChild struct {
+	cmd    *exec.Cmd
+	stderr bytes.Buffer
+	ids    countIDs
+	waited bool
+}
+
+// startIDChild starts the child running the test run (a -test.run
+// pattern) with env, and waits for its IDs (want links and programs).
+func startIDChild(t *testing.T, run string, want int, env ...string) *idChild {
+	t.Helper()
+	c := &idChild{cmd: exec.Command(os.Args[0], "-test.run="+run, "-test.count=1")}
+	c.cmd.Env = append(os.Environ(), env...)
+	c.cmd.Stderr = &c.stderr
+	out, err := c.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if !c.waited {
+			c.cmd.Process.Kill()
+			c.cmd.Wait()
+		}
+	})
+	lines := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if l := sc.Text(); strings.HasPrefix(l, "IDS ") || strings.HasPrefix(l, "ERR ") || strings.HasPrefix(l, "SKIP ") {
+				lines <- l
+				return
+			}
+		}
+		close(lines)
+	}()
+	var line string
+	select {
+	case line = <-lines:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("child said nothing in 30 s; stderr:\n%s", c.stderr.String())
+	}
+	switch {
+	case line == "":
+		t.Fatalf("child exited without IDs; stderr:\n%s", c.stderr.String())
+	case strings.HasPrefix(line, "SKIP "):
+		t.Skip(strings.TrimPrefix(line, "SKIP "))
+	case strings.HasPrefix(line, "ERR "):
+		t.Fatalf("child: %s; stderr:\n%s", line, c.stderr.String())
+	}
+	if c.ids, err = parseIDs(strings.TrimPrefix(line, "IDS "), want); err != nil {
+		t.Fatalf("child said %q: %v", line, err)
+	}
+	return c
+}
+
+func (c *idChild) kill(t *testing.T) {
+	if err := c.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// wait waits for the child to end; clean says it must have exited
+// without error.
+func (c *idChild) wait(t *testing.T, clean bool) {
+	err := c.cmd.Wait()
+	c.waited = true
+	if clean && err != nil {
+		t.Fatalf("child: %v; stderr:\n%s", err, c.stderr.String())
+	}
 }
 
 // parseIDs reads "[l1 l2] [p1 p2]" as printed by the child: want links

@@ -2,17 +2,14 @@ package kernel
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -726,62 +723,15 @@ func TestSteerDetachOnExit(t *testing.T) {
 	for _, mode := range []string{"exit", "kill"} {
 		t.Run(mode, func(t *testing.T) {
 			cg := makeCgroup(t, root, "detach-"+mode)
-			cmd := exec.Command(os.Args[0], "-test.run=^TestSteerChildSteerer$", "-test.count=1")
-			cmd.Env = append(os.Environ(), steerChildEnv+"="+mode, "SLUICE_STEER_TEST_CGROUP="+cg)
-			var stderr bytes.Buffer
-			cmd.Stderr = &stderr
-			out, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			waited := false
-			t.Cleanup(func() {
-				if !waited {
-					cmd.Process.Kill()
-					cmd.Wait()
-				}
-			})
-			lines := make(chan string, 1)
-			go func() {
-				sc := bufio.NewScanner(out)
-				for sc.Scan() {
-					if l := sc.Text(); strings.HasPrefix(l, "IDS ") || strings.HasPrefix(l, "ERR ") {
-						lines <- l
-						return
-					}
-				}
-				close(lines)
-			}()
-			var line string
-			select {
-			case line = <-lines:
-			case <-time.After(30 * time.Second):
-				t.Fatalf("child said nothing in 30 s; stderr:\n%s", stderr.String())
-			}
-			if !strings.HasPrefix(line, "IDS ") {
-				t.Fatalf("child: %q; stderr:\n%s", line, stderr.String())
-			}
-			cids, err := parseIDs(strings.TrimPrefix(line, "IDS "), 6)
-			ids := steerIDs(cids)
-			if err != nil {
-				t.Fatalf("child said %q: %v", line, err)
-			}
+			child := startIDChild(t, "^TestSteerChildSteerer$", 6, steerChildEnv+"="+mode, "SLUICE_STEER_TEST_CGROUP="+cg)
+			ids := steerIDs(child.ids)
 			if mode == "kill" {
 				if got := attached(t, cg); len(got) != len(steerAttachTypes) || ids.leftovers() == "" {
 					t.Fatalf("live child: attached %v, leftovers %q", got, ids.leftovers())
 				}
-				if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-					t.Fatal(err)
-				}
+				child.kill(t)
 			}
-			err = cmd.Wait()
-			waited = true
-			if mode == "exit" && err != nil {
-				t.Fatalf("child: %v; stderr:\n%s", err, stderr.String())
-			}
+			child.wait(t, mode == "exit")
 			eventually(t, 10*time.Second, "nothing of the child left", func() string {
 				if got := attached(t, cg); len(got) > 0 {
 					return fmt.Sprintf("still attached to %s: %v", cg, got)
