@@ -333,14 +333,7 @@ type netnsDaemon struct {
 func startNetnsDaemon(t *testing.T, sources int) *netnsDaemon {
 	t.Helper()
 	netnstest.Require(t)
-	p := netnstest.NewPair(t, sources)
-	p.A.Sysctl(t, "net.ipv4.ip_local_port_range", "40000 40099")
-	p.A.Sysctl(t, "net.ipv4.tcp_tw_reuse", "0")
-	// RFC 1337: a TIME_WAIT socket ignores RSTs, so a late RST from B
-	// (answering a duplicate ACK when the CPUs are busy, as under -race)
-	// cannot end A's TIME_WAIT early and free a tuple (see
-	// userspace/source/netns_linux_test.go).
-	p.A.Sysctl(t, "net.ipv4.tcp_rfc1337", "1")
+	p := netnstest.NewScarcePair(t, sources)
 	d := &netnsDaemon{Pair: p, server: netip.AddrPortFrom(p.BAddr, netnsPort)}
 	for _, a := range p.AAddrs {
 		d.sources = append(d.sources, a.String())

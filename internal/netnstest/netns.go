@@ -182,6 +182,22 @@ type Pair struct {
 	BAddr  netip.Addr
 }
 
+// NewScarcePair is NewPair with A set up as a real network would be where
+// source ports run out: 100 local ports (40000-40099) and no reuse of
+// TIME_WAIT tuples (loopback would reuse them and hide the problem). It also
+// sets RFC 1337: a TIME_WAIT socket ignores RSTs. Without it, when the CPUs
+// are busy (as under -race) B may send its FIN again while A's ACK is on its
+// way, A ACKs twice, B answers the second ACK with an RST, and that RST ends
+// A's TIME_WAIT early: the tuple is free again and capacity is not what it
+// should be.
+func NewScarcePair(t Cleaner, sources int) *Pair {
+	p := NewPair(t, sources)
+	p.A.Sysctl(t, "net.ipv4.ip_local_port_range", "40000 40099")
+	p.A.Sysctl(t, "net.ipv4.tcp_tw_reuse", "0")
+	p.A.Sysctl(t, "net.ipv4.tcp_rfc1337", "1")
+	return p
+}
+
 // NewPair creates the two namespaces with sources addresses on A's side.
 func NewPair(t Cleaner, sources int) *Pair {
 	t.Helper()

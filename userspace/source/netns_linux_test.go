@@ -295,15 +295,7 @@ type shrunk struct {
 func newShrunk(t *testing.T, sources int) *shrunk {
 	t.Helper()
 	netnstest.Require(t)
-	p := netnstest.NewPair(t, sources)
-	p.A.Sysctl(t, "net.ipv4.ip_local_port_range", "40000 40099")
-	p.A.Sysctl(t, "net.ipv4.tcp_tw_reuse", "0")
-	// RFC 1337: a TIME_WAIT socket ignores RSTs. Without it a tail-loss
-	// probe from B (its FIN sent again while A's ACK is on its way, which
-	// happens when the CPUs are busy, as under -race) makes A ACK twice, B
-	// answers the second ACK with an RST, and that RST ends A's TIME_WAIT
-	// early: the tuple is free again and capacity is not what it should be.
-	p.A.Sysctl(t, "net.ipv4.tcp_rfc1337", "1")
+	p := netnstest.NewScarcePair(t, sources)
 	s := &shrunk{Pair: p, server: netip.AddrPortFrom(p.BAddr, 8080).String()}
 	s.srv = startChild(t, p.B, "server", childParams{Server: s.server})
 	s.srv.ready(t)
