@@ -16,6 +16,7 @@ import (
 
 	"github.com/sluicelb/sluice/pkg/config"
 	"github.com/sluicelb/sluice/userspace/proxy"
+	"github.com/sluicelb/sluice/userspace/tunnel"
 )
 
 // The exporter served by a frontend shows the queue at work: one request
@@ -133,11 +134,13 @@ type fixedStats proxy.Stats
 
 func (f fixedStats) Stats() proxy.Stats { return proxy.Stats(f) }
 
-// The kernel's figures, the source pools' and steering's are exported with
+// The tunnels' counters, the kernel's figures, the source pools' and
+// steering's are exported with
 // bounded labels (proxy, server, source).
 func TestKernelMetrics(t *testing.T) {
 	est := int64(7)
 	st := fixedStats{KernelMode: "ebpf", KernelLost: 0,
+		Tunnels:   tunnel.Totals{Live: 2, Opened: 9, IdleTimeouts: 3, Killed: 1, Spliced: 4, Up: 1000, Down: 5000},
 		Frontends: []proxy.FrontendStats{{Name: "fe", Kernel: &est, Steer: &proxy.SteerFrontendStats{Steered: 19, FallThrough: 1}}},
 		Backends: []proxy.BackendStats{{Name: "be", Servers: []proxy.ServerStats{{Name: "s1", State: "UP", Steered: 4, SteeredTotal: 19,
 			Kernel: &proxy.KernelServerStats{Established: 3, TimeWait: 100, Sources: []proxy.SourceStats{
@@ -163,6 +166,13 @@ func TestKernelMetrics(t *testing.T) {
 		`sluice_kernel_frontend_steered_total{proxy="fe"} 19`,
 		`sluice_kernel_frontend_fallthrough_total{proxy="fe"} 1`,
 		`sluice_kernel_server_steered_current{proxy="be",server="s1"} 4`,
+		`sluice_tunnels_current 2`,
+		`sluice_tunnels_total 9`,
+		`sluice_tunnel_idle_timeouts_total 3`,
+		`sluice_tunnels_killed_total 1`,
+		`sluice_tunnels_spliced_total 4`,
+		`sluice_tunnel_bytes_total{direction="up"} 1000`,
+		`sluice_tunnel_bytes_total{direction="down"} 5000`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %s", want)
