@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"sync/atomic"
 	"time"
 )
 
@@ -40,15 +41,15 @@ func (t *Tunnel) runSpliced(sp Splicer, toServer, toClient []byte) (Result, bool
 	for _, w := range []struct {
 		dst  *net.TCPConn
 		b    []byte
-		cnt  *int64
+		cnt  *atomic.Int64
 		term string
-	}{{t.server, toServer, &t.pendUp, TermServer}, {t.client, toClient, &t.pendDown, TermClient}} {
+	}{{t.server, toServer, &t.up, TermServer}, {t.client, toClient, &t.down, TermClient}} {
 		if len(w.b) == 0 {
 			continue
 		}
 		w.dst.SetWriteDeadline(time.Now().Add(t.to.Idle))
 		n, err := w.dst.Write(w.b)
-		*w.cnt = int64(n)
+		w.cnt.Add(int64(n))
 		if err != nil {
 			t.end(w.term, true)
 			return t.result(), true
@@ -58,9 +59,6 @@ func (t *Tunnel) runSpliced(sp Splicer, toServer, toClient []byte) (Result, bool
 	s, err := sp.Splice(t.client, t.server)
 	if err != nil {
 		if errors.Is(err, ErrNotSpliced) {
-			t.up.Add(t.pendUp)
-			t.down.Add(t.pendDown)
-			t.pendUp, t.pendDown = 0, 0
 			return Result{}, false
 		}
 		t.end(TermServer, true)
@@ -68,7 +66,9 @@ func (t *Tunnel) runSpliced(sp Splicer, toServer, toClient []byte) (Result, bool
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.mu.Lock()
+	// From now on the kernel counts; what userspace wrote comes first.
 	t.spliced, t.cancel = s, cancel
+	t.pendUp, t.pendDown = t.up.Load(), t.down.Load()
 	killed := t.done
 	t.mu.Unlock()
 	if killed {
@@ -82,6 +82,7 @@ func (t *Tunnel) runSpliced(sp Splicer, toServer, toClient []byte) (Result, bool
 	}
 	t.up.Store(t.pendUp + up)
 	t.down.Store(t.pendDown + down)
+	t.counted = true
 	t.mu.Unlock()
 	return t.result(), true
 }

@@ -105,6 +105,7 @@ type Tunnel struct {
 	spliced          Spliced
 	cancel           context.CancelFunc
 	pendUp, pendDown int64 // bytes written by userspace before the splice
+	counted          bool  // the kernel's final counts are in up and down
 }
 
 // Snapshot is a live tunnel as the runtime API and metrics see it.
@@ -229,9 +230,9 @@ func (t *Tunnel) Kill() bool {
 // carries the tunnel).
 func (t *Tunnel) Snapshot() Snapshot {
 	t.mu.Lock()
-	sp, pu, pd, done := t.spliced, t.pendUp, t.pendDown, t.done
+	sp, pu, pd, counted := t.spliced, t.pendUp, t.pendDown, t.counted
 	t.mu.Unlock()
-	if sp != nil && !done {
+	if sp != nil && !counted {
 		up, down, last := sp.Stats()
 		return Snapshot{Info: t.Info, Start: t.Start, Up: pu + up, Down: pd + down, LastActivity: last, Spliced: true}
 	}
