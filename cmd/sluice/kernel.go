@@ -5,9 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,7 +36,7 @@ type kernelView struct {
 // openKernel opens the counters for cfg. Failing that, sluice runs without
 // kernel figures (logged).
 func openKernel(cfg *config.Config, p *proxy.Proxy, log *slog.Logger) *kernelView {
-	k := &kernelView{log: log, ports: localPorts(), stop: make(chan struct{})}
+	k := &kernelView{log: log, ports: int64(source.LocalPorts()), stop: make(chan struct{})}
 	off := len(cfg.Backends) > 0
 	for _, b := range cfg.Backends {
 		off = off && b.Options.NoKernelCounters
@@ -197,23 +195,4 @@ func resolveAddrPort(hostport string) (netip.AddrPort, error) {
 		return netip.AddrPort{}, err
 	}
 	return netip.AddrPortFrom(ips[0].Unmap(), uint16(pn)), nil
-}
-
-// localPorts is the size of the kernel's ephemeral port range: the tuples
-// one source address has toward one server.
-func localPorts() int64 {
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
-	if err != nil {
-		return 28232 // Linux's default 32768-60999
-	}
-	f := strings.Fields(string(b))
-	if len(f) != 2 {
-		return 28232
-	}
-	lo, err1 := strconv.Atoi(f[0])
-	hi, err2 := strconv.Atoi(f[1])
-	if err1 != nil || err2 != nil || hi < lo {
-		return 28232
-	}
-	return int64(hi - lo + 1)
 }

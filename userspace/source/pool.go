@@ -480,3 +480,14 @@ func (p *Pool) Stats(occ Occupancy) []Stat {
 	}
 	return out
 }
+
+// LocalPorts is the number of ports of the kernel's ephemeral range
+// (net.ipv4.ip_local_port_range): the tuples one source address has toward
+// one server when no port range is given. Linux's default range has 28,232.
+func LocalPorts() int {
+	lo, hi, err := localPortRange()
+	if err != nil {
+		return 60999 - 32768 + 1
+	}
+	return hi - lo + 1
+}
