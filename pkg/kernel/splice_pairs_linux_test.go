@@ -84,7 +84,6 @@ func TestSpliceManyPairs(t *testing.T) {
 		pairs = 200
 	}
 	fds := spliceCountFDs(t)
-	type outcome struct{ err error }
 	var wg sync.WaitGroup
 	errs := make(chan error, pairs)
 	deadline := time.Now().Add(45 * time.Second)
