@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"testing"
@@ -51,7 +52,11 @@ func spliceTestProxy(mode, server string) int {
 	if mode == "splice" {
 		mq, _ := strconv.Atoi(os.Getenv("SPLICE_MAXQ"))
 		sb, _ := strconv.Atoi(os.Getenv("SPLICE_SOCKBUF"))
-		if s, err = OpenSplicer(slog.New(slog.NewTextHandler(io.Discard, nil)), SplicerConfig{MaxQueue: mq, SndBuf: sb}); err != nil {
+		var w io.Writer = io.Discard
+		if os.Getenv("SPLICE_DEBUG") != "" {
+			w = os.Stderr
+		}
+		if s, err = OpenSplicer(slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug})), SplicerConfig{MaxQueue: mq, SndBuf: sb}); err != nil {
 			fmt.Println("error", err)
 			return 1
 		}
@@ -67,6 +72,14 @@ func spliceTestProxy(mode, server string) int {
 	if err != nil {
 		fmt.Println("error", err)
 		return 1
+	}
+	stopProfile := func() {}
+	if f := os.Getenv("SPLICE_CPUPROFILE"); f != "" && mode == "splice" {
+		pf, err := os.Create(f)
+		if err == nil {
+			pprof.StartCPUProfile(pf)
+			stopProfile = func() { pprof.StopCPUProfile(); pf.Close() }
+		}
 	}
 	start := spliceCPUNow()
 	fmt.Println("cpu-start", int64(start))
@@ -93,7 +106,9 @@ func spliceTestProxy(mode, server string) int {
 		a.Close()
 		b.Close()
 	}
-	fmt.Println("cpu-end", int64(spliceCPUNow()), stats)
+	cpu := spliceCPUNow()
+	stopProfile()
+	fmt.Println("cpu-end", int64(cpu), stats)
 	return 0
 }
 
@@ -106,8 +121,9 @@ func mustTCPAddr(s string) *net.TCPAddr {
 }
 
 // spliceProxyRun moves n bytes client -> server through a proxy child in
-// mode, and returns the child's CPU time spent on the tunnel.
-func spliceProxyRun(t *testing.T, mode string, n int64) (time.Duration, string, time.Duration) {
+// mode, at most rate bytes per second (0: as fast as it goes), and returns
+// the child's CPU time spent on the tunnel.
+func spliceProxyRun(t *testing.T, mode string, n, rate int64) (time.Duration, string, time.Duration) {
 	t.Helper()
 	srvLn := spliceListen(t)
 	exe, err := os.Executable()
@@ -166,6 +182,11 @@ func spliceProxyRun(t *testing.T, mode string, n int64) (time.Duration, string, 
 	}()
 	buf := make([]byte, 1<<20)
 	for sent := int64(0); sent < n; sent += int64(len(buf)) {
+		if rate > 0 {
+			if d := time.Until(start.Add(time.Duration(sent * int64(time.Second) / rate))); d > 0 {
+				time.Sleep(d)
+			}
+		}
 		if _, err := client.Write(buf); err != nil {
 			t.Fatalf("client write: %v", err)
 		}
@@ -184,21 +205,31 @@ func spliceProxyRun(t *testing.T, mode string, n int64) (time.Duration, string, 
 
 // TestSpliceProxyCPU: 4 GiB through a spliced pair costs the process that
 // owns it less than 5% of the CPU a userspace copy (io.Copy both ways, which
-// uses splice(2)) costs it.
+// uses splice(2)) costs it. Measured twice: with a sender that saturates the
+// tunnel, and with one paced at 1 GB/s (the kernel keeps up).
+//
+// SPLICE_DEBUG=1 logs the splicer's debug lines (overflow episodes);
+// SPLICE_CPUPROFILE=FILE writes the spliced proxy's CPU profile.
 func TestSpliceProxyCPU(t *testing.T) {
 	spliceHeavy(t)
 	spliceTestSplicer(t, SplicerConfig{}) // privileges and support
 	const n = 4 << 30
-	copyCPU, copyStats, copyT := spliceProxyRun(t, "copy", n)
-	spliceCPU, spliceStats, spliceT := spliceProxyRun(t, "splice", n)
-	t.Logf("4 GiB client->server: copy proxy CPU %v (%v wall, %.0f MiB/s; %s); spliced proxy CPU %v (%v wall, %.0f MiB/s; %s); ratio %.2f%%",
-		copyCPU, copyT.Round(time.Millisecond), n/(1<<20)/copyT.Seconds(), copyStats,
-		spliceCPU, spliceT.Round(time.Millisecond), n/(1<<20)/spliceT.Seconds(), spliceStats,
-		100*float64(spliceCPU)/float64(copyCPU))
-	// The goal (< 5%) holds only while the kernel keeps up with the sender;
-	// when it does not, the flow control copies the excess in userspace (see
-	// SplicerConfig.MaxQueue). Reported, not asserted.
-	if spliceCPU*20 > copyCPU {
-		t.Logf("GOAL MISSED: spliced proxy CPU %v is more than 5%% of the copying proxy's %v", spliceCPU, copyCPU)
+	for _, rate := range []int64{0, 1 << 30} {
+		copyCPU, copyStats, copyT := spliceProxyRun(t, "copy", n, rate)
+		spliceCPU, spliceStats, spliceT := spliceProxyRun(t, "splice", n, rate)
+		what := "saturating sender"
+		if rate > 0 {
+			what = fmt.Sprintf("sender paced at %d MiB/s", rate>>20)
+		}
+		t.Logf("4 GiB client->server, %s: copy proxy CPU %v (%v wall, %.0f MiB/s; %s); spliced proxy CPU %v (%v wall, %.0f MiB/s; %s); ratio %.2f%%",
+			what, copyCPU, copyT.Round(time.Millisecond), n/(1<<20)/copyT.Seconds(), copyStats,
+			spliceCPU, spliceT.Round(time.Millisecond), n/(1<<20)/spliceT.Seconds(), spliceStats,
+			100*float64(spliceCPU)/float64(copyCPU))
+		// Reported, not asserted (a speed goal; see scripts/bench/tunnel).
+		// With a saturating sender the kernel's queue reaches MaxQueue and
+		// each overflow copies a receive buffer's worth in userspace.
+		if spliceCPU*20 > copyCPU {
+			t.Logf("GOAL MISSED (%s): spliced proxy CPU %v is more than 5%% of the copying proxy's %v", what, spliceCPU, copyCPU)
+		}
 	}
 }

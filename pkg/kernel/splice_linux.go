@@ -224,7 +224,35 @@ type spliceOverflow struct {
 	sent    int     // bytes of buf already written to the peer
 }
 
-var spliceBufPool = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+const spliceBufSize = 256 << 10
+
+var spliceBufPool = sync.Pool{New: func() any { b := make([]byte, spliceBufSize); return &b }}
+
+// spliceMaxPeek bounds one overflow read: about the most a sender can have
+// put into a receive buffer (tcp_rmem's maximum is 6 MiB by default, 32 MiB
+// on the bench machine).
+const spliceMaxPeek = 32 << 20
+
+// grow makes the episode's buffer hold n bytes (up to spliceMaxPeek). It
+// only happens when n is already queued, so the memory is bounded by what
+// the socket's receive buffer holds anyway.
+func (ov *spliceOverflow) grow(n uint64) {
+	n = min(n, spliceMaxPeek)
+	if uint64(len(*ov.buf)) >= n || ov.peeked > 0 {
+		return
+	}
+	ov.release()
+	b := make([]byte, n)
+	ov.buf = &b
+}
+
+// release gives the episode's buffer back.
+func (ov *spliceOverflow) release() {
+	if ov.buf != nil && len(*ov.buf) == spliceBufSize {
+		spliceBufPool.Put(ov.buf)
+	}
+	ov.buf = nil
+}
 
 func (p *SplicedPair) wake() {
 	select {
@@ -605,11 +633,22 @@ func (p *SplicedPair) lookup(i int) (spliceSpliceSock, error) {
 // every byte the program redirected from i, and every overflow byte Wait wrote
 // for i, has entered the peer's send queue.
 func (p *SplicedPair) flushed(i int, st spliceSpliceSock) (bool, error) {
+	q, err := p.queued(i, st)
+	return q == 0, err
+}
+
+// queued is how many bytes from side i the peer's psock holds: redirected
+// by the program, or written by Wait, and not yet in the peer's send queue.
+func (p *SplicedPair) queued(i int, st spliceSpliceSock) (uint64, error) {
 	w, err := spliceWritten(p.fd[1-i])
 	if err != nil {
-		return false, fmt.Errorf("send queue of %s: %w", sideName(1-i), err)
+		return 0, fmt.Errorf("send queue of %s: %w", sideName(1-i), err)
 	}
-	return w-p.base[1-i] >= st.Bytes+p.wrote[i], nil
+	in, out := st.Bytes+p.wrote[i], w-p.base[1-i]
+	if out >= in {
+		return 0, nil
+	}
+	return in - out, nil
 }
 
 // Stats reads the kernel's counters of the pair. After Wait has returned it
@@ -837,11 +876,14 @@ func (p *SplicedPair) step() (SpliceEnd, spliceStepState, error) {
 //     overflow is in the peer's send queue). Meanwhile it reads nothing: the
 //     passed bytes stay charged to i's receive buffer, so TCP's window closes
 //     on the sender — the backpressure the redirect path lacks;
-//  2. it peeks at what i holds, writes it to the peer, and only then consumes
-//     it and records it in splice_drained. Consuming reopens the window, and
-//     the program resumes redirecting at the first skb that finds drained ==
-//     passed; peeking first keeps that window short, so a saturating sender
-//     cannot keep the direction in userspace for long.
+//  2. it peeks at everything i holds (one read: the window is shut, so that
+//     is all the sender could send), writes it to the peer, records it in
+//     splice_drained, and only then consumes it. Consuming reopens the
+//     window, and the program resumes redirecting at the first skb, which
+//     finds drained == passed. (Reading in smaller pieces, or recording
+//     after consuming, let a saturating sender refill the window as fast as
+//     this loop copied: a direction stayed in userspace for most of 4 GiB.)
+//     So an overflow costs one receive buffer's worth of copying.
 //
 // It never blocks: it asks for EPOLLIN on i / EPOLLOUT on the peer in want,
 // or for a retry.
@@ -860,6 +902,7 @@ func (p *SplicedPair) drain(i int, ks *spliceSpliceSock, st *spliceStepState, wa
 			}
 			ov.started = true
 			ov.buf = spliceBufPool.Get().(*[]byte)
+			p.s.log.Debug("splice: overflow episode", "pair", p.id, "side", sideName(i), "passed", ks.Passed-p.drained[i])
 		}
 		if ov.peeked > 0 {
 			for ov.sent < ov.peeked {
@@ -882,8 +925,20 @@ func (p *SplicedPair) drain(i int, ks *spliceSpliceSock, st *spliceStepState, wa
 					return SpliceEndError, fmt.Errorf("splice: write overflow to %s: %w", sideName(1-i), err)
 				}
 			}
-			// Written: now consume what was peeked (the same bytes: only
-			// this goroutine reads i) and tell the program.
+			// Written: tell the program, then consume what was peeked
+			// (the same bytes: only this goroutine reads i). In this
+			// order, because consuming reopens the receive window: a
+			// sender that is waiting for it sends at once, and its skb
+			// must find drained == passed (all written out) or the
+			// direction stays in userspace as long as the sender keeps up
+			// with this loop (measured: hundreds of MB per episode).
+			// Bytes written but not yet consumed are behind any the
+			// program now redirects only in the socket's ingress queue,
+			// which the peer never sees.
+			p.drained[i] += uint64(ov.peeked)
+			if err := p.s.objs.SpliceDrained.Update(p.cookie[i], p.drained[i], ebpf.UpdateExist); err != nil {
+				return SpliceEndError, fmt.Errorf("splice: record overflow of %s: %w", sideName(i), err)
+			}
 			for done := 0; done < ov.peeked; {
 				n, _, err := unix.Recvfrom(src, (*ov.buf)[done:ov.peeked], unix.MSG_DONTWAIT)
 				if n > 0 {
@@ -894,11 +949,7 @@ func (p *SplicedPair) drain(i int, ks *spliceSpliceSock, st *spliceStepState, wa
 					return SpliceEndError, fmt.Errorf("splice: consume overflow of %s: %d of %d bytes: %w", sideName(i), done, ov.peeked, err)
 				}
 			}
-			p.drained[i] += uint64(ov.peeked)
 			ov.peeked, ov.sent = 0, 0
-			if err := p.s.objs.SpliceDrained.Update(p.cookie[i], p.drained[i], ebpf.UpdateExist); err != nil {
-				return SpliceEndError, fmt.Errorf("splice: record overflow of %s: %w", sideName(i), err)
-			}
 		}
 		if p.drained[i] >= ks.Passed {
 			// Caught up with what the program had passed when we looked.
@@ -909,8 +960,7 @@ func (p *SplicedPair) drain(i int, ks *spliceSpliceSock, st *spliceStepState, wa
 			// now start a new one, which first waits for the peer's
 			// queue to empty like the first.
 			ov.started = false
-			spliceBufPool.Put(ov.buf)
-			ov.buf = nil
+			ov.release()
 			if err := p.s.objs.SpliceState.Lookup(p.cookie[i], ks); err != nil {
 				return SpliceEndError, fmt.Errorf("splice: lookup counters of %s: %w", sideName(i), err)
 			}
@@ -919,6 +969,13 @@ func (p *SplicedPair) drain(i int, ks *spliceSpliceSock, st *spliceStepState, wa
 			}
 			continue
 		}
+		// Peek everything passed and not yet written in one go: the
+		// window stays shut until it is consumed, so the last byte the
+		// sender could send is in this read and, once written and
+		// recorded, the program finds drained == passed at the next skb.
+		// A smaller read reopens the window before the end and the sender
+		// refills it as fast as this loop copies.
+		ov.grow(ks.Passed - p.drained[i])
 		n, _, err := unix.Recvfrom(src, *ov.buf, unix.MSG_PEEK|unix.MSG_DONTWAIT)
 		switch {
 		case n > 0:
@@ -962,10 +1019,7 @@ func (p *SplicedPair) finish(end SpliceEnd) {
 		}
 		p.closeFDs()
 		for i := range p.ov {
-			if p.ov[i].buf != nil {
-				spliceBufPool.Put(p.ov[i].buf)
-				p.ov[i] = spliceOverflow{}
-			}
+			p.ov[i].release()
 		}
 		p.result = SpliceResult{SpliceStats: st, End: end, ClientFin: p.fin[0], ServerFin: p.fin[1], Duration: time.Since(p.start)}
 		s.mu.Lock()

@@ -166,6 +166,9 @@ func TestSpliceIntegrity(t *testing.T) {
 func TestSpliceSlowReader(t *testing.T) {
 	sb, _ := strconv.Atoi(os.Getenv("SPLICE_SOCKBUF"))
 	mq, _ := strconv.Atoi(os.Getenv("SPLICE_MAXQ"))
+	if mq == 0 {
+		mq = 4 << 20 // well below what the pause piles up: the overflow path runs
+	}
 	s := spliceTestSplicer(t, SplicerConfig{SndBuf: sb, MaxQueue: mq})
 	ln := spliceListen(t)
 	tn := newSpliceTunnel(t, ln)
@@ -227,7 +230,11 @@ func TestSpliceSlowReader(t *testing.T) {
 	if [32]byte(h.Sum(nil)) != sum {
 		t.Fatal("SHA-256 differs")
 	}
-	t.Logf("read %d bytes in %v after the pause; gaps > 100ms between reads: %v", got, time.Since(start), stalls)
+	st := p.Stats()
+	t.Logf("read %d bytes in %v after the pause; gaps > 100ms between reads: %v; %d bytes in %d overflows", got, time.Since(start), stalls, st.Overflow, st.Overflows)
+	if st.Overflows == 0 {
+		t.Errorf("the kernel's queue never reached MaxQueue (%d bytes): the overflow path went untested", mq)
+	}
 }
 
 // TestSplicePartlyReadSkb: the skb at the head of a's receive queue was partly
