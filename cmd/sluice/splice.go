@@ -14,27 +14,35 @@ import (
 	"github.com/sluicelb/sluice/userspace/tunnel"
 )
 
-// openSplicer loads the kernel splice when some proxy asks for it
-// (`option kernel-splice`) and gives it to the proxy's tunnels; where the
-// kernel cannot, tunnels are copied in userspace (one log line). It returns
-// a function that unloads it.
+// openSplicer loads the kernel splice, unless no tunnel may use it (`no
+// option kernel-splice` on every frontend or on every backend), and gives it
+// to the proxy's tunnels. Where the kernel cannot (before 6.3, without
+// CAP_NET_ADMIN/CAP_BPF, ...), tunnels are copied in userspace: one log line,
+// a warning if the configuration asked for it explicitly. It returns a
+// function that unloads it.
 func openSplicer(cfg *config.Config, p *proxy.Proxy, log *slog.Logger) func() {
-	wanted := false
+	fe, be, explicit := false, false, false
 	for _, f := range cfg.Frontends {
-		wanted = wanted || f.Options.KernelSplice
+		fe = fe || !f.Options.NoKernelSplice
+		explicit = explicit || f.Options.KernelSplice
 	}
 	for _, b := range cfg.Backends {
-		wanted = wanted || b.Options.KernelSplice
+		be = be || !b.Options.NoKernelSplice
+		explicit = explicit || b.Options.KernelSplice
 	}
-	if !wanted {
+	if !fe || !be {
 		return func() {}
 	}
 	s, err := kernel.OpenSplicer(log, kernel.SplicerConfig{})
 	if err != nil {
-		log.Warn("kernel splice unavailable: tunnels are copied in userspace (splice(2))", "err", err)
+		level := slog.LevelInfo
+		if explicit {
+			level = slog.LevelWarn
+		}
+		log.Log(context.Background(), level, "kernel splice unavailable: tunnels are copied in userspace (splice(2))", "err", err)
 		return func() {}
 	}
-	log.Info("kernel splice: tunnels with option kernel-splice move their bytes in the kernel (sockhash)")
+	log.Info("kernel splice: tunnels move their bytes in the kernel (sockhash) unless no option kernel-splice")
 	p.Tunnels().Splicer = splicer{s}
 	return func() { s.Close() }
 }

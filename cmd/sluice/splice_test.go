@@ -67,11 +67,12 @@ func askSocket(t *testing.T, sock, cmd string) string {
 	return out.String()
 }
 
-// TestKernelSplice: with option kernel-splice, a mode tcp tunnel and a
-// WebSocket tunnel are carried by the kernel: 64 MiB each way arrive intact,
-// bytes pipelined behind the handshake come first and in order, show
-// tunnels says the kernel carries them, and timeout tunnel still closes an
-// idle one on the kernel's clock.
+// TestKernelSplice: by default a mode tcp tunnel and a WebSocket tunnel are
+// carried by the kernel: 64 MiB each way arrive intact, bytes pipelined
+// behind the handshake come first and in order, show tunnels says the kernel
+// carries them, and timeout tunnel still closes an idle one on the kernel's
+// clock; a frontend with no option kernel-splice keeps its tunnels in
+// userspace.
 func TestKernelSplice(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for eBPF")
@@ -115,7 +116,7 @@ func TestKernelSplice(t *testing.T) {
 			}()
 		}
 	}()
-	tcpAddr, webAddr, sock := freeAddr(t), freeAddr(t), filepath.Join(t.TempDir(), "a.sock")
+	tcpAddr, webAddr, plainAddr, sock := freeAddr(t), freeAddr(t), freeAddr(t), filepath.Join(t.TempDir(), "a.sock")
 	stderr := startSluice(t, fmt.Sprintf(`
 global
     stats socket %s level admin
@@ -123,7 +124,6 @@ defaults
     timeout connect 1s
     timeout client 30s
     timeout server 30s
-    option kernel-splice
 frontend tcpin
     mode tcp
     bind %s
@@ -139,7 +139,12 @@ backend ws
     mode http
     timeout tunnel 1s
     server ws1 %s
-`, sock, tcpAddr, ln.Addr(), webAddr, ln.Addr()))
+frontend plain
+    mode tcp
+    bind %s
+    no option kernel-splice
+    default_backend tcpout
+`, sock, tcpAddr, ln.Addr(), webAddr, ln.Addr(), plainAddr))
 
 	// mode tcp: 64 MiB each way at once.
 	c := dialRetry(t, tcpAddr)
@@ -188,6 +193,26 @@ backend ws
 			break
 		}
 	}
+	// no option kernel-splice: copied in userspace. The tunnel exists once
+	// a byte has come back through it.
+	pc := dialRetry(t, plainAddr)
+	defer pc.Close()
+	io.WriteString(pc, "x")
+	go io.Copy(io.Discard, pc)
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		out := askSocket(t, sock, "show tunnels")
+		if i := strings.Index(out, "tcp plain tcpout/s1"); i >= 0 {
+			if line, _, _ := strings.Cut(out[i:], "\n"); !strings.HasSuffix(line, " user") {
+				t.Errorf("no option kernel-splice: %q, want copied in userspace", line)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("show tunnels has no tunnel of frontend plain:\n%s", out)
+			break
+		}
+	}
+
 	// Idle on the kernel's clock: timeout tunnel 1s.
 	io.Copy(io.Discard, br)
 	if d := time.Since(last); d < 900*time.Millisecond || d > 2*time.Second {

@@ -121,10 +121,11 @@ type Options struct {
 	HTTPCheckMethod, HTTPCheckURI, HTTPCheckVersion string
 	TCPLog                                          bool // `option tcplog` (also what httplog becomes in mode tcp)
 
-	// sluice's kernel options. Counters are on unless `no option
-	// kernel-counters`. Splicing is off unless `option kernel-splice`
-	// (NoKernelSplice records an explicit `no option`, which wins);
-	// steering is off unless `option kernel-steer` (mode tcp frontends).
+	// sluice's kernel options. Counters and splicing are on unless `no
+	// option kernel-counters` / `no option kernel-splice` (KernelSplice
+	// records an explicit `option kernel-splice`, which only changes how
+	// loudly sluice says the kernel cannot); steering is off unless
+	// `option kernel-steer` (mode tcp frontends).
 	NoKernelCounters, NoKernelSplice, KernelSplice, KernelSteer bool
 }
 

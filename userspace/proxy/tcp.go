@@ -25,11 +25,11 @@ func (be *backend) tunnelTimeouts(fe *frontend) tunnel.Timeouts {
 }
 
 // kernelSplice says whether a tunnel through fe to be asks the kernel to
-// carry its bytes: `option kernel-splice` on either, and `no option
-// kernel-splice` on neither.
+// carry its bytes: unless `no option kernel-splice` is on either (whether the
+// kernel can is the splicer's business: without one, or when it declines a
+// pair, tunnels are copied in userspace).
 func kernelSplice(fe *frontend, be *backend) bool {
-	f, b := fe.cfg.Options, be.cfg.Options
-	return (f.KernelSplice || b.KernelSplice) && !f.NoKernelSplice && !b.NoKernelSplice
+	return !fe.cfg.Options.NoKernelSplice && !be.cfg.Options.NoKernelSplice
 }
 
 // serveTCP serves a mode tcp connection: route it (ACLs on the connection's
