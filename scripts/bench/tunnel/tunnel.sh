@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Tunnel benchmark: TCP tunnels through a spliced forwarder (pkg/kernel), a userspace-copy forwarder, HAProxy
-# (mode tcp, nbthread 1) and direct, interleaved; iperf3 throughput, small-message request/response latency
-# (p50/p99), and memory per idle spliced tunnel. See README.md.
+# Tunnel benchmark: TCP tunnels through sluice (mode tcp; kernel splice, the default, and with no option
+# kernel-splice), the bare spliced and userspace-copy forwarders of pkg/kernel, HAProxy (mode tcp, nbthread 1) and
+# direct, interleaved; iperf3 throughput, small-message request/response latency (p50/p99), and memory per idle
+# tunnel. See README.md.
 #   scripts/bench/tunnel/tunnel.sh
-#   DURATION=5 ROUNDS=3 TARGETS="splice copy haproxy direct" IDLE_N=5000 scripts/bench/tunnel/tunnel.sh
+#   DURATION=5 ROUNDS=3 TARGETS="sluice sluice-copy splice copy haproxy direct" IDLE_N=5000 scripts/bench/tunnel/tunnel.sh
 #   TARGETS="custom" CUSTOM_CMD='/path/sluice -f {CONF}' ... (see README.md)
 set -euo pipefail
 # shellcheck source=../lib.sh
@@ -11,9 +12,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-3}
-TARGETS=${TARGETS:-"splice copy haproxy direct"}
+TARGETS=${TARGETS:-"sluice sluice-copy splice copy haproxy direct"}
 IDLE_N=${IDLE_N:-5000}
-IDLE_TARGETS=${IDLE_TARGETS:-"splice copy"}
+IDLE_TARGETS=${IDLE_TARGETS:-"sluice sluice-copy"}
 LAT_N=${LAT_N:-20000}
 [[ $(id -u) -eq 0 ]] || die "needs root (kernel splice)"
 
@@ -22,6 +23,10 @@ ensure_tools iperf3:iperf3 haproxy:haproxy python3:python3
 log "building scripts/bench/tunnel"
 (cd "$REPO_ROOT" && go build -o "$WORK/tunnel" ./scripts/bench/tunnel) || die "build failed"
 TB=$WORK/tunnel
+if [[ " $TARGETS $IDLE_TARGETS " == *" sluice"* ]]; then
+	build_sluice
+	[[ -n $SLUICE ]] || die "sluice: $SLUICE_WHY"
+fi
 
 # start_waiting LOG CMD...: start CMD, wait for its "ready ADDR" line; sets LAST_PID.
 start_waiting() {
@@ -47,6 +52,16 @@ start_fwd() {
 		printf 'global\n    nbthread 1\n    ulimit-n 20000\n    no strict-limits\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\nlisten t\n    bind 127.0.0.1:%s\n    server s 127.0.0.1:%s\n' "$port" "$bport" >"$conf"
 		start_bg "$lf" haproxy -db -f "$conf"
 		sleep 0.3
+		;;
+	sluice | sluice-copy)
+		conf=$RESULTS/$name.$port.cfg
+		extra=""
+		[[ $name == sluice-copy ]] && extra=$'    no option kernel-splice\n'
+		printf 'global\n    maxconn 20000\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n%slisten t\n    bind 127.0.0.1:%s\n    server s 127.0.0.1:%s\n' \
+			"$extra" "$port" "$bport" >"$conf"
+		check_sluice_conf "$conf" || die "sluice: $SLUICE_WHY"
+		start_bg "$lf" "$SLUICE" -f "$conf"
+		wait_listen "$name" "$LAST_PID" "$port" 10 "$lf" || die "$name did not start"
 		;;
 	custom)
 		[[ -n ${CUSTOM_CMD:-} ]] || die "TARGETS=custom needs CUSTOM_CMD"
@@ -106,9 +121,9 @@ done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 {
-	printf '%-8s %10s %-28s %-30s\n' target Gbit/s rounds "p50/p99 us (rounds)"
+	printf '%-11s %10s %-28s %-30s\n' target Gbit/s rounds "p50/p99 us (rounds)"
 	for t in $TARGETS; do
-		printf '%-8s %10s %-28s %-30s\n' "$t" "$(median <<<"${TPUT[$t]}")" "${TPUT[$t]}" "${LATS[$t]}"
+		printf '%-11s %10s %-28s %-30s\n' "$t" "$(median <<<"${TPUT[$t]}")" "${TPUT[$t]}" "${LATS[$t]}"
 	done
 } | tee "$RESULTS/report.txt"
 
