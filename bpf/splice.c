@@ -27,7 +27,18 @@
 // limits that queue: with a slow reader on the peer it grows without bound
 // (hundreds of MB per second on loopback). So the program measures it —
 // bytes redirected minus bytes that entered the peer's send queue (the peer's
-// write_seq) — and when it exceeds splice_queue_max it stops redirecting:
+// write_seq) — and when it exceeds splice_queue_max:
+//
+// With splice_sockops attached (the daemon's cgroup), it asks for the socket
+// to be stopped: splice_sockops takes it out of splice_socks (see there why
+// there), the socket then queues what arrives like any TCP socket nobody
+// reads, its window closes on the sender, and the daemon puts it back once
+// the queue has drained; the program goes on from the receive queue. No byte
+// leaves the kernel. If the sender closes meanwhile, the socket cannot go
+// back (a sockhash takes only established sockets) and the daemon copies the
+// rest, once.
+//
+// Without it, it stops redirecting:
 // each skb is then passed to the socket's own ingress queue, where it stays
 // charged to the socket's receive buffer, so TCP's window closes on the sender
 // as it would for any slow reader. It tells the daemon (splice_events), which
@@ -46,6 +57,9 @@ extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
 // Most bytes that may wait in a peer's psock queue before the program passes
 // to userspace instead (set at load time).
 const volatile __u32 splice_queue_max = 4 << 20;
+
+// Set by the daemon once splice_sockops is attached to its cgroup.
+volatile __u32 splice_stop_sockops = 0;
 
 // bpf_skb_adjust_room cuts at most 4095 bytes per call from an sk_skb; an
 // overlap needing more than SPLICE_TRIM_STEPS calls (2 MiB) breaks the stream.
@@ -157,7 +171,17 @@ static __always_inline int splice_redirect(struct __sk_buff *skb)
 			goto pass;
 		s->paused = 0; // the daemon has written out all it was handed
 	} else if (queued > splice_queue_max) {
-		goto overflow;
+		// With splice_sockops attached, stop this socket's receive path
+		// instead (see the flow control note): ask, and keep redirecting
+		// until it is done, at an ACK the socket sends with its receive
+		// queue empty. A restart runs a whole receive buffer through here
+		// at once, so only a queue past twice the limit plus the receive
+		// buffer (no such ACK came: something is wrong) falls back to the
+		// overflow path.
+		__u64 backstop = 2 * (__u64)splice_queue_max + (__u32)BPF_CORE_READ(kskb, sk, sk_rcvbuf);
+		if (!splice_stop_sockops || queued > backstop)
+			goto overflow;
+		s->stop = 1;
 	}
 	if (bpf_sk_redirect_hash(skb, &splice_targets, &peer, 0) != SK_PASS)
 		goto overflow;
@@ -203,4 +227,50 @@ SEC("sk_skb/verdict")
 int splice_skb_verdict(struct __sk_buff *skb)
 {
 	return splice_redirect(skb);
+}
+
+// splice_sockops stops a tunnel socket's receive path when its peer's queue
+// is over the limit: it takes the socket out of splice_socks, which stops the
+// verdict program for it, so that TCP queues what arrives in the receive
+// queue and closes its window on the sender, as for any slow reader; the
+// daemon puts it back when the queue has drained, and the program goes on
+// from the receive queue, in order. No byte goes through userspace.
+//
+// Why here: taking a socket out of the sockhash from userspace races with a
+// verdict in progress on another CPU, and the kernel drops the skb it is
+// handing over when it finds the program gone (sk_psock_verdict_recv). This
+// program runs with the socket locked (it is called when the socket sends a
+// segment, an ACK typically, and every data skb makes it send one), and
+// deletes only when the receive queue is empty, i.e. when no verdict loop
+// can have an skb left to hand over.
+SEC("sockops")
+int splice_sockops(struct bpf_sock_ops *skops)
+{
+	switch (skops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		// Any of the daemon's sockets may become a tunnel.
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+		return 1;
+	case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
+		break;
+	default:
+		return 1;
+	}
+	__u64 cookie = bpf_get_socket_cookie(skops);
+	struct splice_sock *s = bpf_map_lookup_elem(&splice_state, &cookie);
+	if (!s || !s->stop || s->stopped)
+		return 1;
+	struct bpf_sock *sk = skops->sk;
+	if (!sk)
+		return 1;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp || tp->inet_conn.icsk_inet.sk.sk_receive_queue.qlen != 0)
+		return 1;
+	if (bpf_map_delete_elem(&splice_socks, &cookie) == 0) {
+		s->stopped = 1;
+		s->stops++;
+		bpf_ringbuf_output(&splice_events, &cookie, sizeof(cookie), 0);
+	}
+	return 1;
 }

@@ -17,6 +17,7 @@ struct splice_sock {
 	__u64 last_ns;    // bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the last byte
 	__u64 overflows;  // times the peer's queue went over the limit
 	__u64 trimmed;    // bytes handed to the program a second time and cut off
+	__u64 stops;      // times splice_sockops took the socket out of splice_socks
 	__u32 queued_max; // most bytes seen queued in the peer's psock
 	__u32 seq0;       // the peer's write_seq at the first verdict
 	__u32 rcv_next;   // TCP sequence number of the next byte not yet seen here
@@ -24,7 +25,9 @@ struct splice_sock {
 	__u8 seq0_set;    // seq0 is valid
 	__u8 paused;      // overflow: passing to userspace until it has caught up
 	__u8 rcv_next_set; // rcv_next is valid
-	__u8 pad[5];
+	__u8 stop;        // the peer's queue is over the limit: splice_sockops takes this socket out of splice_socks
+	__u8 stopped;     // splice_sockops has taken it out; the daemon puts it back (and clears both)
+	__u8 pad[3];
 };
 
 // Why a socket's stream broke (splice_sock.broken). The program then drops

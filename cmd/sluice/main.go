@@ -250,7 +250,7 @@ func printErrors(w io.Writer, err error) {
 func serve(ctx context.Context, cfg *config.Config, p *proxy.Proxy, log *slog.Logger, stderr io.Writer, grace time.Duration) error {
 	kv := openKernel(cfg, p, log)
 	defer kv.Close()
-	defer openSplicer(cfg, p, log)()
+	defer openSplicer(cfg, p, kv, log)()
 	sv := openSteer(cfg, p, log)
 	defer sv.Close()
 	p.Reloaded = func(ncfg *config.Config) {

@@ -20,7 +20,7 @@ import (
 // CAP_NET_ADMIN/CAP_BPF, ...), tunnels are copied in userspace: one log line,
 // a warning if the configuration asked for it explicitly. It returns a
 // function that unloads it.
-func openSplicer(cfg *config.Config, p *proxy.Proxy, log *slog.Logger) func() {
+func openSplicer(cfg *config.Config, p *proxy.Proxy, kv *kernelView, log *slog.Logger) func() {
 	fe, be, explicit := false, false, false
 	for _, f := range cfg.Frontends {
 		fe = fe || !f.Options.NoKernelSplice
@@ -33,7 +33,11 @@ func openSplicer(cfg *config.Config, p *proxy.Proxy, log *slog.Logger) func() {
 	if !fe || !be {
 		return func() {}
 	}
-	s, err := kernel.OpenSplicer(log, kernel.SplicerConfig{})
+	cg, why := spliceCgroup(cfg, kv)
+	if why != "" {
+		log.Info("kernel splice: a slow reader's backlog is copied in userspace", "why", why)
+	}
+	s, err := kernel.OpenSplicer(log, kernel.SplicerConfig{Cgroup: cg})
 	if err != nil {
 		level := slog.LevelInfo
 		if explicit {
@@ -45,6 +49,29 @@ func openSplicer(cfg *config.Config, p *proxy.Proxy, log *slog.Logger) func() {
 	log.Info("kernel splice: tunnels move their bytes in the kernel (sockhash) unless no option kernel-splice")
 	p.Tunnels().Splicer = splicer{s}
 	return func() { s.Close() }
+}
+
+// spliceCgroup is the cgroup the splicer's in-kernel flow control attaches to
+// (see kernel.SplicerConfig.Cgroup): kernel-cgroup, else the counters' or
+// sluice's own, but not the root cgroup unless named (every socket of the
+// host would then call the program for each segment it sends). Else why not.
+func spliceCgroup(cfg *config.Config, kv *kernelView) (cgroup, why string) {
+	if cfg.Global.KernelCgroup != "" {
+		return cfg.Global.KernelCgroup, ""
+	}
+	if kv != nil && kv.kc != nil {
+		cgroup = kv.kc.Cgroup()
+	}
+	if cgroup == "" {
+		var err error
+		if cgroup, err = kernel.OwnCgroup(); err != nil {
+			return "", err.Error()
+		}
+	}
+	if kernel.IsRootCgroup(cgroup) {
+		return "", "sluice runs in the root cgroup: run it in its own (the systemd unit does) or name one with kernel-cgroup"
+	}
+	return cgroup, ""
 }
 
 // splicer adapts pkg/kernel's Splicer to the tunnel package.

@@ -122,3 +122,10 @@ func checkCgroup2(dir string) error {
 	}
 	return nil
 }
+
+// IsRootCgroup reports whether dir is the root of the cgroup v2 hierarchy
+// (where every process that was not put elsewhere runs).
+func IsRootCgroup(dir string) bool {
+	root, err := cgroup2Root()
+	return err == nil && filepath.Clean(dir) == filepath.Clean(root)
+}

@@ -85,11 +85,11 @@ type SplicerConfig struct {
 	// hold for the peer's send buffer (the psock queue, which no socket
 	// buffer limits and which on 6.18 grows by hundreds of MB per second when
 	// the sender is faster than the kernel worker that drains it). Past it the
-	// program hands the tunnel's bytes to the pair's Wait goroutine, which
-	// lets TCP's window close on the sender, writes them out in order and
-	// gives the direction back to the kernel. Default 32 MiB (with the
-	// default SndBuf, a saturating loopback sender then stays on the kernel
-	// path; 16 MiB sent about half of its bytes through userspace).
+	// receiving socket is stopped in the kernel until the queue is down to a
+	// quarter (with Cgroup), or else the program hands the tunnel's bytes to
+	// the pair's Wait goroutine, which lets TCP's window close on the sender,
+	// writes them out in order and gives the direction back to the kernel.
+	// Default 32 MiB.
 	MaxQueue int
 	// SndBuf is the SO_SNDBUF given to both sockets of a tunnel whose send
 	// buffer is smaller (bytes; the kernel doubles it). It is set with
@@ -103,6 +103,16 @@ type SplicerConfig struct {
 	// ~13.5 Gbit/s and ~70% with 4 MiB (8 MiB effective) and 16 MiB.
 	// Default 16 MiB; -1 leaves the buffers alone (tests only).
 	SndBuf int
+	// Cgroup is the cgroup v2 directory the tunnel sockets are created in
+	// (the daemon's own, see OwnCgroup). With it, a direction whose queue
+	// reaches MaxQueue is stopped in the kernel: a sockops program attached
+	// there takes the receiving socket out of the verdict sockhash, TCP's
+	// window closes on the sender, and the pair puts it back once the queue
+	// has drained — no byte goes through userspace. The program makes every
+	// socket of the cgroup call it for each segment it sends (a map lookup,
+	// returning at once for sockets that are not tunnels). Without it, or if
+	// it cannot be attached, the overflow is copied in userspace.
+	Cgroup string
 }
 
 // Defaults of SplicerConfig.
@@ -120,6 +130,9 @@ type SpliceStats struct {
 	// pair's goroutine because the kernel's queue for a slow reader was full;
 	// Overflows the times that happened.
 	Overflow, Overflows uint64
+	// Stops counts the times a direction was stopped in the kernel because
+	// the reader was slower (SplicerConfig.Cgroup).
+	Stops uint64
 	// Repeated counts the bytes (both directions) the kernel handed the
 	// program a second time — TCP retransmissions overlapping bytes
 	// already received — which the program cut off instead of forwarding.

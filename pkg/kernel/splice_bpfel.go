@@ -21,6 +21,7 @@ type spliceSpliceSock struct {
 	LastNs     uint64
 	Overflows  uint64
 	Trimmed    uint64
+	Stops      uint64
 	QueuedMax  uint32
 	Seq0       uint32
 	RcvNext    uint32
@@ -28,7 +29,9 @@ type spliceSpliceSock struct {
 	Seq0Set    uint8
 	Paused     uint8
 	RcvNextSet uint8
-	Pad        [5]uint8
+	Stop       uint8
+	Stopped    uint8
+	Pad        [3]uint8
 }
 
 // Names of all BPF objects in the ELF.
@@ -41,8 +44,10 @@ const (
 	spliceMapSpliceState          = "splice_state"
 	spliceMapSpliceTargets        = "splice_targets"
 	spliceProgSpliceSkbVerdict    = "splice_skb_verdict"
+	spliceProgSpliceSockops       = "splice_sockops"
 	spliceProgSpliceStreamVerdict = "splice_stream_verdict"
 	spliceVarSpliceQueueMax       = "splice_queue_max"
+	spliceVarSpliceStopSockops    = "splice_stop_sockops"
 )
 
 // loadSplice returns the embedded CollectionSpec for splice.
@@ -88,6 +93,7 @@ type spliceSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type spliceProgramSpecs struct {
 	SpliceSkbVerdict    *ebpf.ProgramSpec `ebpf:"splice_skb_verdict"`
+	SpliceSockops       *ebpf.ProgramSpec `ebpf:"splice_sockops"`
 	SpliceStreamVerdict *ebpf.ProgramSpec `ebpf:"splice_stream_verdict"`
 }
 
@@ -106,7 +112,8 @@ type spliceMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type spliceVariableSpecs struct {
-	SpliceQueueMax *ebpf.VariableSpec `ebpf:"splice_queue_max"`
+	SpliceQueueMax    *ebpf.VariableSpec `ebpf:"splice_queue_max"`
+	SpliceStopSockops *ebpf.VariableSpec `ebpf:"splice_stop_sockops"`
 }
 
 // spliceObjects contains all objects after they have been loaded into the kernel.
@@ -150,7 +157,8 @@ func (m *spliceMaps) Close() error {
 //
 // It can be passed to loadSpliceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type spliceVariables struct {
-	SpliceQueueMax *ebpf.Variable `ebpf:"splice_queue_max"`
+	SpliceQueueMax    *ebpf.Variable `ebpf:"splice_queue_max"`
+	SpliceStopSockops *ebpf.Variable `ebpf:"splice_stop_sockops"`
 }
 
 // splicePrograms contains all programs after they have been loaded into the kernel.
@@ -158,12 +166,14 @@ type spliceVariables struct {
 // It can be passed to loadSpliceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type splicePrograms struct {
 	SpliceSkbVerdict    *ebpf.Program `ebpf:"splice_skb_verdict"`
+	SpliceSockops       *ebpf.Program `ebpf:"splice_sockops"`
 	SpliceStreamVerdict *ebpf.Program `ebpf:"splice_stream_verdict"`
 }
 
 func (p *splicePrograms) Close() error {
 	return _SpliceClose(
 		p.SpliceSkbVerdict,
+		p.SpliceSockops,
 		p.SpliceStreamVerdict,
 	)
 }

@@ -42,17 +42,39 @@ func spliceKernelAtLeast(major, minor int) bool {
 	return ma > major || ma == major && mi >= minor
 }
 
+// spliceNoCgroup as SplicerConfig.Cgroup: no flow control in the kernel.
+const spliceNoCgroup = "-"
+
 // spliceTestSplicer opens a Splicer for one test and checks, when the test
 // ends, that no socket is left in any of its maps.
+//
+// Unless cfg.Cgroup is spliceNoCgroup, the splicer stops slow directions in
+// the kernel (SplicerConfig.Cgroup), attached to the test process's own
+// cgroup, where the tests' sockets are; with spliceNoCgroup it copies the
+// overflow in userspace.
 func spliceTestSplicer(t testing.TB, cfg SplicerConfig) *Splicer {
 	t.Helper()
 	spliceRequire(t)
+	switch cfg.Cgroup {
+	case spliceNoCgroup:
+		cfg.Cgroup = ""
+	case "":
+		cg, err := OwnCgroup()
+		if err != nil {
+			t.Logf("no cgroup for the splicer's flow control (a slow reader's backlog is copied): %v", err)
+		}
+		cfg.Cgroup = cg
+	}
 	s, err := OpenSplicer(slog.New(slog.NewTextHandler(io.Discard, nil)), cfg)
 	if err != nil {
 		if errors.Is(err, ErrSpliceUnsupported) && !spliceKernelAtLeast(6, 10) {
 			t.Skipf("kernel splice unsupported on this kernel: %v", err)
 		}
 		t.Fatalf("OpenSplicer: %v", err)
+	}
+	if cfg.Cgroup != "" && s.sockops == nil {
+		s.Close()
+		t.Fatalf("OpenSplicer: splice_sockops not attached to %s", cfg.Cgroup)
 	}
 	t.Cleanup(func() {
 		spliceAssertMapsEmpty(t, s)

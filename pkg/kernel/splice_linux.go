@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/bits"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,6 +43,7 @@ type Splicer struct {
 	prog     *ebpf.Program
 	attach   ebpf.AttachType
 	link     link.Link // nil when attached with BPF_PROG_ATTACH (kernels before 6.10)
+	sockops  link.Link // splice_sockops on SplicerConfig.Cgroup, nil without
 	ep       *spliceEpoll
 	events   *ringbuf.Reader
 	eventsWG sync.WaitGroup
@@ -102,6 +105,14 @@ func OpenSplicer(logger *slog.Logger, cfg SplicerConfig) (*Splicer, error) {
 			return nil, fmt.Errorf("splice: attach %s to sockhash: %w: %w (link: %v)", s.attach, ErrSpliceUnsupported, err2, err)
 		}
 	}
+	stops := "userspace copy"
+	if cfg.Cgroup != "" {
+		if err := s.attachSockops(cfg.Cgroup); err != nil {
+			logger.Warn("splice: a slow reader's backlog will be copied in userspace", "err", err)
+		} else {
+			stops = "in the kernel (sockops on " + cfg.Cgroup + ")"
+		}
+	}
 	if s.events, err = ringbuf.NewReader(s.objs.SpliceEvents); err != nil {
 		s.detach()
 		s.objs.Close()
@@ -115,7 +126,7 @@ func OpenSplicer(logger *slog.Logger, cfg SplicerConfig) (*Splicer, error) {
 	}
 	s.eventsWG.Add(1)
 	go s.readEvents()
-	logger.Info("kernel splice ready", "attach", s.attach.String(), "mode", mode, "max_pairs", cfg.MaxPairs, "max_queue", cfg.MaxQueue, "sndbuf", cfg.SndBuf)
+	logger.Info("kernel splice ready", "attach", s.attach.String(), "mode", mode, "max_pairs", cfg.MaxPairs, "max_queue", cfg.MaxQueue, "sndbuf", cfg.SndBuf, "flow_control", stops)
 	return s, nil
 }
 
@@ -145,7 +156,32 @@ func (s *Splicer) readEvents() {
 	}
 }
 
+// attachSockops attaches splice_sockops to cgroup and tells the verdict
+// program to use it.
+func (s *Splicer) attachSockops(cgroup string) error {
+	cg, err := os.Open(cgroup)
+	if err != nil {
+		return fmt.Errorf("attach sockops to %s: %w", cgroup, err)
+	}
+	defer cg.Close()
+	// A link, never PROG_ATTACH: it goes away with the process.
+	l, err := link.AttachRawLink(link.RawLinkOptions{Target: int(cg.Fd()), Program: s.objs.SpliceSockops, Attach: ebpf.AttachCGroupSockOps})
+	if err != nil {
+		return fmt.Errorf("attach sockops to %s: %w", cgroup, err)
+	}
+	if err := s.objs.SpliceStopSockops.Set(uint32(1)); err != nil {
+		l.Close()
+		return fmt.Errorf("enable sockops flow control: %w", err)
+	}
+	s.sockops = l
+	return nil
+}
+
 func (s *Splicer) detach() {
+	if s.sockops != nil {
+		s.sockops.Close()
+		s.sockops = nil
+	}
 	if s.link != nil {
 		s.link.Close()
 		s.link = nil
@@ -208,11 +244,18 @@ type SplicedPair struct {
 	finishOnce  sync.Once
 
 	// Owned by the goroutine running Wait.
-	fin     [2]bool   // FIN received on side i has been passed on (shutdown of the peer's write side)
-	wrote   [2]uint64 // overflow bytes received on i that Wait wrote into the peer
-	drained [2]uint64 // of those, the ones consumed from i and recorded in splice_drained
-	ov      [2]spliceOverflow
-	evs     [2]uint32 // epoll events registered for fd[i]
+	fin      [2]bool   // FIN received on side i has been passed on (shutdown of the peer's write side)
+	wrote    [2]uint64 // overflow bytes received on i that Wait wrote into the peer
+	drained  [2]uint64 // of those, the ones consumed from i and recorded in splice_drained
+	ov       [2]spliceOverflow
+	evs      [2]uint32 // epoll events registered for fd[i]
+	stopped  [2]bool   // i is out of splice_socks (splice_sockops stopped it)
+	tail     [2]spliceTail
+	stopQ    [2]uint64 // queue towards the peer at stopSeen, while i is stopped
+	stopSeen [2]time.Time
+	// tailBytes counts the bytes copyTail moved (read by Stats from any
+	// goroutine).
+	tailBytes [2]atomic.Uint64
 }
 
 // spliceOverflow is one direction's overflow episode: the program passes the
@@ -224,14 +267,31 @@ type spliceOverflow struct {
 	sent    int     // bytes of buf already written to the peer
 }
 
-const spliceBufSize = 256 << 10
+const (
+	spliceBufShift = 18 // spliceBufSize = 256 KiB
+	spliceBufSize  = 1 << spliceBufShift
+)
 
 var spliceBufPool = sync.Pool{New: func() any { b := make([]byte, spliceBufSize); return &b }}
 
 // spliceMaxPeek bounds one overflow read: about the most a sender can have
 // put into a receive buffer (tcp_rmem's maximum is 6 MiB by default, 32 MiB
 // on the bench machine).
-const spliceMaxPeek = 32 << 20
+const (
+	spliceMaxPeekShift = 25 // spliceMaxPeek = 32 MiB
+	spliceMaxPeek      = 1 << spliceMaxPeekShift
+)
+
+// spliceBigPools hold overflow buffers larger than spliceBufSize, one pool
+// per power of two up to spliceMaxPeek: allocating (and zeroing, and
+// faulting in) a fresh buffer of megabytes per overflow was the largest cost
+// of the overflow path in a profile of a saturated tunnel.
+var spliceBigPools [spliceMaxPeekShift - spliceBufShift]sync.Pool
+
+// spliceBigPool is the pool of size (a power of two above spliceBufSize).
+func spliceBigPool(size int) *sync.Pool {
+	return &spliceBigPools[bits.Len(uint(size-1))-spliceBufShift-1]
+}
 
 // grow makes the episode's buffer hold n bytes (up to spliceMaxPeek). It
 // only happens when n is already queued, so the memory is bounded by what
@@ -242,14 +302,24 @@ func (ov *spliceOverflow) grow(n uint64) {
 		return
 	}
 	ov.release()
-	b := make([]byte, n)
+	size := 1 << bits.Len(uint(n-1)) // a power of two above spliceBufSize
+	if b, ok := spliceBigPool(size).Get().(*[]byte); ok {
+		ov.buf = b
+		return
+	}
+	b := make([]byte, size)
 	ov.buf = &b
 }
 
 // release gives the episode's buffer back.
 func (ov *spliceOverflow) release() {
-	if ov.buf != nil && len(*ov.buf) == spliceBufSize {
+	if ov.buf == nil {
+		return
+	}
+	if n := len(*ov.buf); n == spliceBufSize {
 		spliceBufPool.Put(ov.buf)
+	} else {
+		spliceBigPool(n).Put(ov.buf)
 	}
 	ov.buf = nil
 }
@@ -338,6 +408,13 @@ func (s *Splicer) Splice(a, b *net.TCPConn) (*SplicedPair, error) {
 		s.mu.Unlock()
 		p.closeFDs()
 		return nil, fmt.Errorf("splice: splicer closed: %w", ErrSpliceFallback)
+	}
+	if len(s.pairs) >= s.cfg.MaxPairs {
+		// Also keeps room in splice_socks for every stopped socket to
+		// go back in (restart).
+		s.mu.Unlock()
+		p.closeFDs()
+		return nil, fmt.Errorf("splice: %d pairs already (MaxPairs): %w", len(s.pairs), ErrSpliceFallback)
 	}
 	s.pairs[p.id] = p
 	s.byCookie[p.cookie[0]] = p
@@ -651,6 +728,122 @@ func (p *SplicedPair) queued(i int, st spliceSpliceSock) (uint64, error) {
 	return in - out, nil
 }
 
+// restart puts side i, stopped by splice_sockops, back into the verdict
+// sockhash and runs what its receive queue gathered meanwhile through the
+// program, in order (it goes on at the sequence number it stopped at). While
+// i is out of splice_socks no program writes its state (the verdict does not
+// run for it, splice_sockops only writes a socket it is stopping), so the
+// flags are cleared with a plain update first. Returns i's counters after.
+func (p *SplicedPair) restart(i int) (spliceSpliceSock, error) {
+	ks, err := p.lookup(i)
+	if err != nil {
+		return ks, err
+	}
+	ks.Stop, ks.Stopped = 0, 0
+	if err := p.s.objs.SpliceState.Update(p.cookie[i], ks, ebpf.UpdateExist); err != nil {
+		return ks, fmt.Errorf("restart %s: %w", sideName(i), err)
+	}
+	if err := p.s.objs.SpliceSocks.Update(p.cookie[i], uint64(p.fd[i]), ebpf.UpdateNoExist); err != nil {
+		if ti, terr := unix.GetsockoptTCPInfo(p.fd[i], unix.IPPROTO_TCP, unix.TCP_INFO); terr == nil && ti.State != unix.BPF_TCP_ESTABLISHED {
+			return ks, fmt.Errorf("restart %s: %w", sideName(i), errSpliceClosing)
+		}
+		return ks, fmt.Errorf("restart %s: give it back to the kernel: %w", sideName(i), err)
+	}
+	p.stopped[i] = false
+	p.kick(i)
+	return p.lookup(i)
+}
+
+// errSpliceClosing: a stopped socket could not go back into the verdict
+// sockhash because its sender has closed (a TCP socket past ESTABLISHED
+// cannot enter a sockhash).
+var errSpliceClosing = errors.New("the sender closed while its socket was stopped")
+
+// restartOrTail restarts side i or, when its sender has closed meanwhile,
+// switches it to copyTail.
+func (p *SplicedPair) restartOrTail(i int) (spliceSpliceSock, error) {
+	ks, err := p.restart(i)
+	if errors.Is(err, errSpliceClosing) {
+		p.stopped[i] = false
+		p.tail[i].on = true
+		return ks, nil
+	}
+	return ks, err
+}
+
+// spliceTail is a side copied to its end in userspace (copyTail).
+type spliceTail struct {
+	on, started, eof bool
+	buf              *[]byte
+	n, sent          int // bytes in buf, of which written to the peer
+}
+
+// copyTail moves in userspace what side i received while it was stopped,
+// when its sender closed meanwhile (see errSpliceClosing): once the peer has
+// taken everything the kernel queued for it, it reads i to its FIN and
+// writes it all to the peer, then the FIN is passed on as usual. At most a
+// receive buffer's worth, once, at the end of the stream. It never blocks:
+// it asks for EPOLLIN / EPOLLOUT in want, or for a retry.
+func (p *SplicedPair) copyTail(i int, ks spliceSpliceSock, st *spliceStepState, want *[2]uint32) (SpliceEnd, error) {
+	tl := &p.tail[i]
+	src, dst := p.fd[i], p.fd[1-i]
+	if !tl.started {
+		ok, err := p.flushed(i, ks)
+		if err != nil {
+			return SpliceEndError, fmt.Errorf("splice: %w", err)
+		}
+		if !ok {
+			st.retry = true
+			return 0, nil
+		}
+		tl.started = true
+		tl.buf = spliceBufPool.Get().(*[]byte)
+	}
+	for !tl.eof || tl.sent < tl.n {
+		if tl.sent < tl.n {
+			n, err := unix.Write(dst, (*tl.buf)[tl.sent:tl.n])
+			if n > 0 {
+				tl.sent += n
+				p.wrote[i] += uint64(n)
+				p.tailBytes[i].Add(uint64(n))
+			}
+			switch {
+			case err == nil || err == unix.EINTR:
+			case err == unix.EAGAIN:
+				want[1-i] |= unix.EPOLLOUT
+				return 0, nil
+			case err == unix.EPIPE || err == unix.ECONNRESET:
+				if i == 0 {
+					return SpliceEndServerReset, nil
+				}
+				return SpliceEndClientReset, nil
+			default:
+				return SpliceEndError, fmt.Errorf("splice: write the rest of %s to %s: %w", sideName(i), sideName(1-i), err)
+			}
+			continue
+		}
+		n, _, err := unix.Recvfrom(src, *tl.buf, unix.MSG_DONTWAIT)
+		switch {
+		case n > 0:
+			tl.n, tl.sent = n, 0
+			st.lastNs = spliceMonoNs()
+		case n == 0 && err == nil:
+			tl.eof = true
+		case err == unix.EINTR:
+		case err == unix.EAGAIN:
+			want[i] |= unix.EPOLLIN
+			return 0, nil
+		default:
+			return SpliceEndError, fmt.Errorf("splice: read the rest of %s: %w", sideName(i), err)
+		}
+	}
+	if tl.buf != nil {
+		spliceBufPool.Put(tl.buf)
+		tl.buf = nil
+	}
+	return 0, nil
+}
+
 // Stats reads the kernel's counters of the pair. After Wait has returned it
 // returns the final counters.
 func (p *SplicedPair) Stats() SpliceStats {
@@ -672,9 +865,9 @@ func (p *SplicedPair) readStats() (SpliceStats, error) {
 		}
 	}
 	st := SpliceStats{
-		AtoB: v[0].Bytes + v[0].Passed, BtoA: v[1].Bytes + v[1].Passed,
+		AtoB: v[0].Bytes + v[0].Passed + p.tailBytes[0].Load(), BtoA: v[1].Bytes + v[1].Passed + p.tailBytes[1].Load(),
 		Overflow: v[0].Passed + v[1].Passed, Overflows: v[0].Overflows + v[1].Overflows,
-		Repeated: v[0].Trimmed + v[1].Trimmed,
+		Repeated: v[0].Trimmed + v[1].Trimmed, Stops: v[0].Stops + v[1].Stops,
 	}
 	st.LastActivityNs = max(v[0].LastNs, v[1].LastNs)
 	if st.LastActivityNs != 0 {
@@ -752,6 +945,9 @@ func (p *SplicedPair) run(ctx context.Context, idle, clientFin, serverFin time.D
 			}
 			next = time.Duration(last + uint64(timeout) - now)
 		}
+		if st.wait > 0 && (next < 0 || st.wait < next) {
+			next = st.wait
+		}
 		if st.retry {
 			// Waiting for the kernel to push bytes out (a FIN or an
 			// overflow waits for them); no event says when.
@@ -782,9 +978,31 @@ func (p *SplicedPair) run(ctx context.Context, idle, clientFin, serverFin time.D
 }
 
 type spliceStepState struct {
-	retry        bool   // something waits for the kernel with no event to say when: poll again soon
-	halfClosedAt uint64 // CLOCK_MONOTONIC ns of a FIN passed on in this step
-	lastNs       uint64 // last activity read from the kernel in this step
+	retry        bool          // something waits for the kernel with no event to say when: poll again soon
+	wait         time.Duration // poll again after this long (0: not asked)
+	halfClosedAt uint64        // CLOCK_MONOTONIC ns of a FIN passed on in this step
+	lastNs       uint64        // last activity read from the kernel in this step
+}
+
+// wake asks for another step after d at the latest.
+func (st *spliceStepState) wake(d time.Duration) {
+	if st.wait == 0 || d < st.wait {
+		st.wait = d
+	}
+}
+
+// drainWait guesses how long the peer takes to take need more of the q
+// bytes queued for it from side i, from how fast it took them since the last
+// look (between 200 µs and 50 ms; 1 ms at the first look).
+func (p *SplicedPair) drainWait(i int, q, need uint64) time.Duration {
+	now := time.Now()
+	d := time.Millisecond
+	if !p.stopSeen[i].IsZero() && q < p.stopQ[i] {
+		rate := float64(p.stopQ[i]-q) / now.Sub(p.stopSeen[i]).Seconds() // bytes/s
+		d = time.Duration(float64(need) / rate * float64(time.Second))
+	}
+	p.stopSeen[i], p.stopQ[i] = now, q
+	return min(max(d, 200*time.Microsecond), 50*time.Millisecond)
 }
 
 // step looks at both sockets once and does what their state asks.
@@ -818,6 +1036,12 @@ func (p *SplicedPair) step() (SpliceEnd, spliceStepState, error) {
 	want := [2]uint32{spliceEpollBase, spliceEpollBase}
 	for i := 0; i < 2; i++ {
 		rdhup := !p.fin[i] && pfd[i].Revents&unix.POLLRDHUP != 0
+		if rdhup && p.stopped[i] {
+			// The sender is done: what it sent is in the receive queue.
+			if _, err := p.restartOrTail(i); err != nil {
+				return SpliceEndError, st, fmt.Errorf("splice: %w", err)
+			}
+		}
 		if rdhup {
 			// i sent its FIN: make the program see everything before it.
 			p.kick(i)
@@ -832,13 +1056,51 @@ func (p *SplicedPair) step() (SpliceEnd, spliceStepState, error) {
 			return SpliceEndError, st, fmt.Errorf("splice: %s: %w", sideName(i), spliceBrokenError(ks.Broken))
 		}
 		st.lastNs = max(st.lastNs, ks.LastNs)
+		if ks.Stopped != 0 || p.stopped[i] {
+			// Stopped in the kernel (splice_sockops): start again once
+			// the peer has taken most of the queue.
+			p.stopped[i] = true
+			q, err := p.queued(i, ks)
+			if err != nil {
+				return SpliceEndError, st, fmt.Errorf("splice: %w", err)
+			}
+			// Restart when the queue and what waits in i's receive
+			// queue (which the restart runs through the program at once)
+			// fit in half the limit, or the queue is empty; no event says
+			// when, so look again when it should be, from the rate the
+			// peer has been taking it at.
+			if lim := uint64(p.s.cfg.MaxQueue) / 4; q > lim {
+				// The peer's send buffer has room again once the kernel
+				// worker stops refilling it (EPOLLOUT on the peer); a
+				// timer from the rate seen so far covers the rest.
+				want[1-i] |= unix.EPOLLOUT
+				st.wake(max(p.drainWait(i, q, q-lim), 2*time.Millisecond))
+				continue
+			}
+			p.stopSeen[i] = time.Time{}
+			if ks, err = p.restartOrTail(i); err != nil {
+				return SpliceEndError, st, fmt.Errorf("splice: %w", err)
+			}
+		}
 		if ks.Passed > p.drained[i] || p.ov[i].peeked > 0 {
 			end, err := p.drain(i, &ks, &st, &want)
 			if end != 0 {
 				return end, st, err
 			}
 		}
-		if !rdhup || ks.Passed > p.drained[i] || p.ov[i].peeked > 0 {
+		if ks.Passed > p.drained[i] || p.ov[i].peeked > 0 {
+			continue // an overflow's bytes go first (they precede the rest)
+		}
+		if p.tail[i].on {
+			end, err := p.copyTail(i, ks, &st, &want)
+			if end != 0 {
+				return end, st, err
+			}
+			if !p.tail[i].eof || p.tail[i].sent < p.tail[i].n {
+				continue
+			}
+		}
+		if !rdhup {
 			continue
 		}
 		ok, err := p.flushed(i, ks)
@@ -1020,6 +1282,10 @@ func (p *SplicedPair) finish(end SpliceEnd) {
 		p.closeFDs()
 		for i := range p.ov {
 			p.ov[i].release()
+			if p.tail[i].buf != nil {
+				spliceBufPool.Put(p.tail[i].buf)
+				p.tail[i].buf = nil
+			}
 		}
 		p.result = SpliceResult{SpliceStats: st, End: end, ClientFin: p.fin[0], ServerFin: p.fin[1], Duration: time.Since(p.start)}
 		s.mu.Lock()
