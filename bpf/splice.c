@@ -243,20 +243,14 @@ int splice_skb_verdict(struct __sk_buff *skb)
 // segment, an ACK typically, and every data skb makes it send one), and
 // deletes only when the receive queue is empty, i.e. when no verdict loop
 // can have an skb left to hand over.
+//
+// Only tunnel sockets call it: splice_setsockopt asks for the callback when
+// the daemon splices them, so the daemon's other sockets (HTTP) pay nothing.
 SEC("sockops")
 int splice_sockops(struct bpf_sock_ops *skops)
 {
-	switch (skops->op) {
-	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
-	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		// Any of the daemon's sockets may become a tunnel.
-		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+	if (skops->op != BPF_SOCK_OPS_HDR_OPT_LEN_CB)
 		return 1;
-	case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
-		break;
-	default:
-		return 1;
-	}
 	__u64 cookie = bpf_get_socket_cookie(skops);
 	struct splice_sock *s = bpf_map_lookup_elem(&splice_state, &cookie);
 	if (!s || !s->stop || s->stopped)
@@ -272,5 +266,33 @@ int splice_sockops(struct bpf_sock_ops *skops)
 		s->stops++;
 		bpf_ringbuf_output(&splice_events, &cookie, sizeof(cookie), 0);
 	}
+	return 1;
+}
+
+#define SOL_TCP 6
+
+// splice_setsockopt: the daemon's setsockopt(fd, SOL_TCP,
+// TCP_BPF_SOCK_OPS_CB_FLAGS) — not an option userspace can set otherwise —
+// asks for splice_sockops on that socket, for each segment it sends
+// (BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG; the other flags, the counters', stay).
+// The kernel does not see the call.
+SEC("cgroup/setsockopt")
+int splice_setsockopt(struct bpf_sockopt *ctx)
+{
+	if (ctx->level != SOL_TCP || ctx->optname != TCP_BPF_SOCK_OPS_CB_FLAGS) {
+		if (ctx->optlen > 4096)
+			ctx->optlen = 0; // a large optval stays the kernel's own buffer
+		return 1;
+	}
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 0; // EPERM
+	int flags = 0;
+	if (bpf_getsockopt(sk, SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, &flags, sizeof(flags)))
+		flags = BPF_SOCK_OPS_STATE_CB_FLAG; // keep the counters' (harmless where unset)
+	flags |= BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
+	if (bpf_setsockopt(sk, SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, &flags, sizeof(flags)))
+		return 0;
+	ctx->optlen = -1; // handled: the kernel does not see it
 	return 1;
 }

@@ -86,7 +86,8 @@ type SplicerConfig struct {
 	// buffer limits and which on 6.18 grows by hundreds of MB per second when
 	// the sender is faster than the kernel worker that drains it). Past it the
 	// receiving socket is stopped in the kernel until the queue is down to a
-	// quarter (with Cgroup), or else the program hands the tunnel's bytes to
+	// sixteenth (with Cgroup; each stop costs ~1 ms of the process, mostly
+	// waking up, so a larger limit means fewer stops), or else the program hands the tunnel's bytes to
 	// the pair's Wait goroutine, which lets TCP's window close on the sender,
 	// writes them out in order and gives the direction back to the kernel.
 	// Default 32 MiB.
@@ -108,10 +109,10 @@ type SplicerConfig struct {
 	// reaches MaxQueue is stopped in the kernel: a sockops program attached
 	// there takes the receiving socket out of the verdict sockhash, TCP's
 	// window closes on the sender, and the pair puts it back once the queue
-	// has drained — no byte goes through userspace. The program makes every
-	// socket of the cgroup call it for each segment it sends (a map lookup,
-	// returning at once for sockets that are not tunnels). Without it, or if
-	// it cannot be attached, the overflow is copied in userspace.
+	// has drained — no byte goes through userspace. Only spliced sockets call
+	// it for their segments (a cgroup/setsockopt program, attached there too,
+	// turns the callback on at Splice). Without it, or if it cannot be
+	// attached, the overflow is copied in userspace.
 	Cgroup string
 }
 

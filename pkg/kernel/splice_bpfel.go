@@ -43,6 +43,7 @@ const (
 	spliceMapSpliceSocks          = "splice_socks"
 	spliceMapSpliceState          = "splice_state"
 	spliceMapSpliceTargets        = "splice_targets"
+	spliceProgSpliceSetsockopt    = "splice_setsockopt"
 	spliceProgSpliceSkbVerdict    = "splice_skb_verdict"
 	spliceProgSpliceSockops       = "splice_sockops"
 	spliceProgSpliceStreamVerdict = "splice_stream_verdict"
@@ -92,6 +93,7 @@ type spliceSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type spliceProgramSpecs struct {
+	SpliceSetsockopt    *ebpf.ProgramSpec `ebpf:"splice_setsockopt"`
 	SpliceSkbVerdict    *ebpf.ProgramSpec `ebpf:"splice_skb_verdict"`
 	SpliceSockops       *ebpf.ProgramSpec `ebpf:"splice_sockops"`
 	SpliceStreamVerdict *ebpf.ProgramSpec `ebpf:"splice_stream_verdict"`
@@ -165,6 +167,7 @@ type spliceVariables struct {
 //
 // It can be passed to loadSpliceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type splicePrograms struct {
+	SpliceSetsockopt    *ebpf.Program `ebpf:"splice_setsockopt"`
 	SpliceSkbVerdict    *ebpf.Program `ebpf:"splice_skb_verdict"`
 	SpliceSockops       *ebpf.Program `ebpf:"splice_sockops"`
 	SpliceStreamVerdict *ebpf.Program `ebpf:"splice_stream_verdict"`
@@ -172,6 +175,7 @@ type splicePrograms struct {
 
 func (p *splicePrograms) Close() error {
 	return _SpliceClose(
+		p.SpliceSetsockopt,
 		p.SpliceSkbVerdict,
 		p.SpliceSockops,
 		p.SpliceStreamVerdict,

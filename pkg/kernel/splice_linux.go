@@ -37,22 +37,25 @@ var (
 // Splicer owns the loaded splice programs and maps. It is safe for concurrent
 // use. Close it only when the daemon stops: it ends every pair still spliced.
 type Splicer struct {
-	log      *slog.Logger
-	cfg      SplicerConfig
-	objs     spliceObjects
-	prog     *ebpf.Program
-	attach   ebpf.AttachType
-	link     link.Link // nil when attached with BPF_PROG_ATTACH (kernels before 6.10)
-	sockops  link.Link // splice_sockops on SplicerConfig.Cgroup, nil without
-	ep       *spliceEpoll
-	events   *ringbuf.Reader
-	eventsWG sync.WaitGroup
-	mu       sync.Mutex
-	closed   bool
-	nextID   uint64
-	pairs    map[uint64]*SplicedPair
-	byCookie map[uint64]*SplicedPair
-	closeMu  sync.Mutex // serialises Close
+	log     *slog.Logger
+	cfg     SplicerConfig
+	objs    spliceObjects
+	prog    *ebpf.Program
+	attach  ebpf.AttachType
+	link    link.Link // nil when attached with BPF_PROG_ATTACH (kernels before 6.10)
+	sockops link.Link // splice_sockops on SplicerConfig.Cgroup, nil without
+	// splice_setsockopt there: Splice asks it to make a pair's sockets
+	// call splice_sockops.
+	setsockopt link.Link
+	ep         *spliceEpoll
+	events     *ringbuf.Reader
+	eventsWG   sync.WaitGroup
+	mu         sync.Mutex
+	closed     bool
+	nextID     uint64
+	pairs      map[uint64]*SplicedPair
+	byCookie   map[uint64]*SplicedPair
+	closeMu    sync.Mutex // serialises Close
 }
 
 // OpenSplicer loads bpf/splice.c and attaches its verdict program to the
@@ -164,23 +167,36 @@ func (s *Splicer) attachSockops(cgroup string) error {
 		return fmt.Errorf("attach sockops to %s: %w", cgroup, err)
 	}
 	defer cg.Close()
-	// A link, never PROG_ATTACH: it goes away with the process.
+	// Links, never PROG_ATTACH: they go away with the process.
 	l, err := link.AttachRawLink(link.RawLinkOptions{Target: int(cg.Fd()), Program: s.objs.SpliceSockops, Attach: ebpf.AttachCGroupSockOps})
 	if err != nil {
 		return fmt.Errorf("attach sockops to %s: %w", cgroup, err)
 	}
+	l2, err := link.AttachRawLink(link.RawLinkOptions{Target: int(cg.Fd()), Program: s.objs.SpliceSetsockopt, Attach: ebpf.AttachCGroupSetsockopt})
+	if err != nil {
+		l.Close()
+		return fmt.Errorf("attach cgroup/setsockopt to %s: %w", cgroup, err)
+	}
 	if err := s.objs.SpliceStopSockops.Set(uint32(1)); err != nil {
 		l.Close()
+		l2.Close()
 		return fmt.Errorf("enable sockops flow control: %w", err)
 	}
-	s.sockops = l
+	s.sockops, s.setsockopt = l, l2
 	return nil
 }
 
+// tcpBPFSockOpsCBFlags is TCP_BPF_SOCK_OPS_CB_FLAGS: with level SOL_TCP,
+// splice_setsockopt takes it as the request to call splice_sockops for the
+// socket's segments.
+const tcpBPFSockOpsCBFlags = 1008
+
 func (s *Splicer) detach() {
-	if s.sockops != nil {
-		s.sockops.Close()
-		s.sockops = nil
+	for _, l := range []*link.Link{&s.sockops, &s.setsockopt} {
+		if *l != nil {
+			(*l).Close()
+			*l = nil
+		}
 	}
 	if s.link != nil {
 		s.link.Close()
@@ -244,15 +260,16 @@ type SplicedPair struct {
 	finishOnce  sync.Once
 
 	// Owned by the goroutine running Wait.
-	fin      [2]bool   // FIN received on side i has been passed on (shutdown of the peer's write side)
-	wrote    [2]uint64 // overflow bytes received on i that Wait wrote into the peer
-	drained  [2]uint64 // of those, the ones consumed from i and recorded in splice_drained
-	ov       [2]spliceOverflow
-	evs      [2]uint32 // epoll events registered for fd[i]
-	stopped  [2]bool   // i is out of splice_socks (splice_sockops stopped it)
-	tail     [2]spliceTail
-	stopQ    [2]uint64 // queue towards the peer at stopSeen, while i is stopped
-	stopSeen [2]time.Time
+	fin       [2]bool   // FIN received on side i has been passed on (shutdown of the peer's write side)
+	wrote     [2]uint64 // overflow bytes received on i that Wait wrote into the peer
+	drained   [2]uint64 // of those, the ones consumed from i and recorded in splice_drained
+	ov        [2]spliceOverflow
+	evs       [2]uint32 // epoll events registered for fd[i]
+	stopped   [2]bool   // i is out of splice_socks (splice_sockops stopped it)
+	tail      [2]spliceTail
+	stopQ     [2]uint64 // queue towards the peer at stopSeen, while i is stopped
+	stopSeen  [2]time.Time
+	drainRate [2]float64 // bytes/s the peer took i\'s queue at, last seen
 	// tailBytes counts the bytes copyTail moved (read by Stats from any
 	// goroutine).
 	tailBytes [2]atomic.Uint64
@@ -381,6 +398,14 @@ func (s *Splicer) Splice(a, b *net.TCPConn) (*SplicedPair, error) {
 				if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, s.cfg.SndBuf) != nil {
 					unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, s.cfg.SndBuf)
 				}
+			}
+		}
+		if s.sockops != nil {
+			// Only tunnel sockets call splice_sockops (see
+			// splice_setsockopt). Without it this pair's slow
+			// directions take the overflow path.
+			if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, tcpBPFSockOpsCBFlags, 1); err != nil {
+				s.log.Debug("splice: no sockops callback for this pair", "err", err)
 			}
 		}
 		var err error
@@ -992,17 +1017,22 @@ func (st *spliceStepState) wake(d time.Duration) {
 }
 
 // drainWait guesses how long the peer takes to take need more of the q
-// bytes queued for it from side i, from how fast it took them since the last
-// look (between 200 µs and 50 ms; 1 ms at the first look).
+// bytes queued for it from side i, from the rate it took them at since the
+// last look, or during the last stop (a first stop looks again after 1 ms).
+// Each look is a wake-up of the process, which costs more than the look
+// itself (measured: most of a stop's cost was waking up), so the guess
+// aims at one look per stop, and never sooner than 500 µs.
 func (p *SplicedPair) drainWait(i int, q, need uint64) time.Duration {
 	now := time.Now()
-	d := time.Millisecond
 	if !p.stopSeen[i].IsZero() && q < p.stopQ[i] {
-		rate := float64(p.stopQ[i]-q) / now.Sub(p.stopSeen[i]).Seconds() // bytes/s
-		d = time.Duration(float64(need) / rate * float64(time.Second))
+		p.drainRate[i] = float64(p.stopQ[i]-q) / now.Sub(p.stopSeen[i]).Seconds() // bytes/s
 	}
 	p.stopSeen[i], p.stopQ[i] = now, q
-	return min(max(d, 200*time.Microsecond), 50*time.Millisecond)
+	d := time.Millisecond
+	if p.drainRate[i] > 0 {
+		d = time.Duration(float64(need) / p.drainRate[i] * float64(time.Second))
+	}
+	return min(max(d, 500*time.Microsecond), 50*time.Millisecond)
 }
 
 // step looks at both sockets once and does what their state asks.
@@ -1069,12 +1099,8 @@ func (p *SplicedPair) step() (SpliceEnd, spliceStepState, error) {
 			// fit in half the limit, or the queue is empty; no event says
 			// when, so look again when it should be, from the rate the
 			// peer has been taking it at.
-			if lim := uint64(p.s.cfg.MaxQueue) / 4; q > lim {
-				// The peer's send buffer has room again once the kernel
-				// worker stops refilling it (EPOLLOUT on the peer); a
-				// timer from the rate seen so far covers the rest.
-				want[1-i] |= unix.EPOLLOUT
-				st.wake(max(p.drainWait(i, q, q-lim), 2*time.Millisecond))
+			if lim := uint64(p.s.cfg.MaxQueue) / 16; q > lim {
+				st.wake(p.drainWait(i, q, q-lim))
 				continue
 			}
 			p.stopSeen[i] = time.Time{}

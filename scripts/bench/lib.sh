@@ -93,10 +93,28 @@ cleanup() {
 	for ((i = ${#STARTED_PIDS[@]} - 1; i >= 0; i--)); do
 		stop_pid "${STARTED_PIDS[$i]}" 5
 	done
+	for i in "${BENCH_CGROUPS[@]}"; do
+		# rmdir fails while a dying process is still in it
+		for _ in 1 2 3 4 5 6 7 8 9 10; do rmdir "$i" 2>/dev/null && break; sleep 0.2; done
+	done
 	if ((_POLICY_RC_CREATED)); then rm -f /usr/sbin/policy-rc.d; fi
 	if [[ -n $WORK && -d $WORK ]]; then rm -rf "$WORK"; fi
 	if [[ -n $RESULTS && -d $RESULTS ]]; then log "results kept in $RESULTS"; fi
 	exit "$rc"
+}
+
+# bench_cgroup NAME: a new cgroup v2 directory for processes the bench starts (removed at exit), in BENCH_CGROUP;
+# empty if there is no cgroup2 hierarchy. sluice attaches its per-socket programs to its own cgroup, and does not
+# when it runs in the root cgroup (as a systemd service it has its own).
+BENCH_CGROUPS=()
+bench_cgroup() {
+	local root
+	BENCH_CGROUP=""
+	root=$(awk '$3 == "cgroup2" {print $2; exit}' /proc/mounts)
+	[[ -n $root && -w $root ]] || return 0
+	BENCH_CGROUP=$root/sluice-bench-$1-$$
+	mkdir "$BENCH_CGROUP" || { BENCH_CGROUP=""; return 0; }
+	BENCH_CGROUPS+=("$BENCH_CGROUP")
 }
 
 # start_bg LOGFILE CMD...: start CMD in the background; sets LAST_PID.

@@ -26,6 +26,7 @@ TB=$WORK/tunnel
 if [[ " $TARGETS $IDLE_TARGETS " == *" sluice"* ]]; then
 	build_sluice
 	[[ -n $SLUICE ]] || die "sluice: $SLUICE_WHY"
+	bench_cgroup tunnel # sluice runs in its own cgroup, as under systemd
 fi
 
 # start_waiting LOG CMD...: start CMD, wait for its "ready ADDR" line; sets LAST_PID.
@@ -60,7 +61,12 @@ start_fwd() {
 		printf 'global\n    maxconn 20000\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n%slisten t\n    bind 127.0.0.1:%s\n    server s 127.0.0.1:%s\n' \
 			"$extra" "$port" "$bport" >"$conf"
 		check_sluice_conf "$conf" || die "sluice: $SLUICE_WHY"
-		start_bg "$lf" "$SLUICE" -f "$conf"
+		if [[ -n $BENCH_CGROUP ]]; then
+			# shellcheck disable=SC2016 # $$ and $1.. are the inner shell's
+			start_bg "$lf" bash -c 'echo $$ >"$1/cgroup.procs" && exec "$2" -f "$3"' _ "$BENCH_CGROUP" "$SLUICE" "$conf"
+		else
+			start_bg "$lf" "$SLUICE" -f "$conf"
+		fi
 		wait_listen "$name" "$LAST_PID" "$port" 10 "$lf" || die "$name did not start"
 		;;
 	custom)
