@@ -269,7 +269,8 @@ type SplicedPair struct {
 	tail      [2]spliceTail
 	stopQ     [2]uint64 // queue towards the peer at stopSeen, while i is stopped
 	stopSeen  [2]time.Time
-	drainRate [2]float64 // bytes/s the peer took i\'s queue at, last seen
+	drainRate [2]float64       // bytes/s the peer took i\'s queue at, last seen
+	stopWait  [2]time.Duration // the last drainWait
 	// tailBytes counts the bytes copyTail moved (read by Stats from any
 	// goroutine).
 	tailBytes [2]atomic.Uint64
@@ -1022,17 +1023,27 @@ func (st *spliceStepState) wake(d time.Duration) {
 // Each look is a wake-up of the process, which costs more than the look
 // itself (measured: most of a stop's cost was waking up), so the guess
 // aims at one look per stop, and never sooner than 500 µs.
+//
+// A peer that took nothing since the last look (a reader that stopped
+// reading) is looked at again after twice as long, up to a second.
 func (p *SplicedPair) drainWait(i int, q, need uint64) time.Duration {
 	now := time.Now()
-	if !p.stopSeen[i].IsZero() && q < p.stopQ[i] {
-		p.drainRate[i] = float64(p.stopQ[i]-q) / now.Sub(p.stopSeen[i]).Seconds() // bytes/s
-	}
-	p.stopSeen[i], p.stopQ[i] = now, q
 	d := time.Millisecond
+	switch {
+	case p.stopSeen[i].IsZero():
+	case q < p.stopQ[i]:
+		p.drainRate[i] = float64(p.stopQ[i]-q) / now.Sub(p.stopSeen[i]).Seconds() // bytes/s
+	default:
+		p.stopSeen[i] = now
+		p.stopWait[i] = min(2*p.stopWait[i], time.Second)
+		return p.stopWait[i]
+	}
 	if p.drainRate[i] > 0 {
 		d = time.Duration(float64(need) / p.drainRate[i] * float64(time.Second))
 	}
-	return min(max(d, 500*time.Microsecond), 50*time.Millisecond)
+	p.stopSeen[i], p.stopQ[i] = now, q
+	p.stopWait[i] = min(max(d, 500*time.Microsecond), 50*time.Millisecond)
+	return p.stopWait[i]
 }
 
 // step looks at both sockets once and does what their state asks.
