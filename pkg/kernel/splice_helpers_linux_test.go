@@ -3,6 +3,7 @@
 package kernel
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -162,6 +163,36 @@ func newSpliceTunnel(t testing.TB, ln *net.TCPListener) spliceTunnel {
 	tn.client, tn.a = spliceConnPair(t, ln)
 	tn.b, tn.server = spliceConnPair(t, ln)
 	return tn
+}
+
+// spliceWaitResult is what a pair's Wait returned.
+type spliceWaitResult struct {
+	SpliceResult
+	err error
+}
+
+// spliceStart splices a new tunnel on s and runs its Wait (idle timeout idle)
+// until the test ends or d has passed (also the ends' I/O deadline); Wait's
+// result arrives on the channel. The ends are closed at cleanup.
+func spliceStart(t *testing.T, s *Splicer, d, idle time.Duration) (spliceTunnel, *SplicedPair, <-chan spliceWaitResult) {
+	t.Helper()
+	tn := newSpliceTunnel(t, spliceListen(t))
+	t.Cleanup(tn.closeEnds)
+	p, err := s.Splice(tn.a, tn.b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(d)
+	tn.client.SetDeadline(deadline)
+	tn.server.SetDeadline(deadline)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	t.Cleanup(cancel)
+	res := make(chan spliceWaitResult, 1)
+	go func() {
+		r, err := p.Wait(ctx, idle, 0, 0)
+		res <- spliceWaitResult{r, err}
+	}()
+	return tn, p, res
 }
 
 func (tn spliceTunnel) closeEnds() {

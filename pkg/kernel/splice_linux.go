@@ -780,6 +780,34 @@ func (p *SplicedPair) restart(i int) (spliceSpliceSock, error) {
 	return p.lookup(i)
 }
 
+// writePeer writes buf[*sent:], bytes received on side i, to the peer,
+// advancing *sent and the count of bytes Wait wrote for i. done is false when
+// the caller must return (end, err): the peer's buffer is full (EPOLLOUT
+// asked for in want, end 0), it reset, or the write failed.
+func (p *SplicedPair) writePeer(i int, buf []byte, sent *int, want *[2]uint32, what string) (done bool, end SpliceEnd, err error) {
+	for *sent < len(buf) {
+		n, werr := unix.Write(p.fd[1-i], buf[*sent:])
+		if n > 0 {
+			*sent += n
+			p.wrote[i] += uint64(n)
+		}
+		switch {
+		case werr == nil || werr == unix.EINTR:
+		case werr == unix.EAGAIN:
+			want[1-i] |= unix.EPOLLOUT
+			return false, 0, nil
+		case werr == unix.EPIPE || werr == unix.ECONNRESET:
+			if i == 0 {
+				return false, SpliceEndServerReset, nil
+			}
+			return false, SpliceEndClientReset, nil
+		default:
+			return false, SpliceEndError, fmt.Errorf("splice: write %s of %s to %s: %w", what, sideName(i), sideName(1-i), werr)
+		}
+	}
+	return true, 0, nil
+}
+
 // errSpliceClosing: a stopped socket could not go back into the verdict
 // sockhash because its sender has closed (a TCP socket past ESTABLISHED
 // cannot enter a sockhash).
@@ -812,7 +840,7 @@ type spliceTail struct {
 // it asks for EPOLLIN / EPOLLOUT in want, or for a retry.
 func (p *SplicedPair) copyTail(i int, ks spliceSpliceSock, st *spliceStepState, want *[2]uint32) (SpliceEnd, error) {
 	tl := &p.tail[i]
-	src, dst := p.fd[i], p.fd[1-i]
+	src := p.fd[i]
 	if !tl.started {
 		ok, err := p.flushed(i, ks)
 		if err != nil {
@@ -827,24 +855,11 @@ func (p *SplicedPair) copyTail(i int, ks spliceSpliceSock, st *spliceStepState, 
 	}
 	for !tl.eof || tl.sent < tl.n {
 		if tl.sent < tl.n {
-			n, err := unix.Write(dst, (*tl.buf)[tl.sent:tl.n])
-			if n > 0 {
-				tl.sent += n
-				p.wrote[i] += uint64(n)
-				p.tailBytes[i].Add(uint64(n))
-			}
-			switch {
-			case err == nil || err == unix.EINTR:
-			case err == unix.EAGAIN:
-				want[1-i] |= unix.EPOLLOUT
-				return 0, nil
-			case err == unix.EPIPE || err == unix.ECONNRESET:
-				if i == 0 {
-					return SpliceEndServerReset, nil
-				}
-				return SpliceEndClientReset, nil
-			default:
-				return SpliceEndError, fmt.Errorf("splice: write the rest of %s to %s: %w", sideName(i), sideName(1-i), err)
+			sent := tl.sent
+			done, end, err := p.writePeer(i, (*tl.buf)[:tl.n], &tl.sent, want, "the rest")
+			p.tailBytes[i].Add(uint64(tl.sent - sent))
+			if !done {
+				return end, err
 			}
 			continue
 		}
@@ -1188,7 +1203,7 @@ func (p *SplicedPair) step() (SpliceEnd, spliceStepState, error) {
 // or for a retry.
 func (p *SplicedPair) drain(i int, ks *spliceSpliceSock, st *spliceStepState, want *[2]uint32) (SpliceEnd, error) {
 	ov := &p.ov[i]
-	src, dst := p.fd[i], p.fd[1-i]
+	src := p.fd[i]
 	for {
 		if !ov.started {
 			ok, err := p.flushed(i, *ks)
@@ -1204,25 +1219,8 @@ func (p *SplicedPair) drain(i int, ks *spliceSpliceSock, st *spliceStepState, wa
 			p.s.log.Debug("splice: overflow episode", "pair", p.id, "side", sideName(i), "passed", ks.Passed-p.drained[i])
 		}
 		if ov.peeked > 0 {
-			for ov.sent < ov.peeked {
-				n, err := unix.Write(dst, (*ov.buf)[ov.sent:ov.peeked])
-				if n > 0 {
-					ov.sent += n
-					p.wrote[i] += uint64(n)
-				}
-				switch {
-				case err == nil || err == unix.EINTR:
-				case err == unix.EAGAIN:
-					want[1-i] |= unix.EPOLLOUT
-					return 0, nil
-				case err == unix.EPIPE || err == unix.ECONNRESET:
-					if i == 0 {
-						return SpliceEndServerReset, nil
-					}
-					return SpliceEndClientReset, nil
-				default:
-					return SpliceEndError, fmt.Errorf("splice: write overflow to %s: %w", sideName(1-i), err)
-				}
+			if done, end, err := p.writePeer(i, (*ov.buf)[:ov.peeked], &ov.sent, want, "the overflow"); !done {
+				return end, err
 			}
 			// Written: tell the program, then consume what was peeked
 			// (the same bytes: only this goroutine reads i). In this

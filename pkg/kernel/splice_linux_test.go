@@ -118,27 +118,8 @@ func TestSpliceIntegrity(t *testing.T) {
 	spliceHeavy(t)
 	mq, _ := strconv.Atoi(os.Getenv("SPLICE_MAXQ"))
 	s := spliceTestSplicer(t, SplicerConfig{MaxQueue: mq})
-	ln := spliceListen(t)
-	tn := newSpliceTunnel(t, ln)
-	defer tn.closeEnds()
-	p, err := s.Splice(tn.a, tn.b)
-	if err != nil {
-		t.Fatal(err)
-	}
 	const n = 1 << 30
-	deadline := time.Now().Add(60 * time.Second)
-	tn.client.SetDeadline(deadline)
-	tn.server.SetDeadline(deadline)
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
-	defer cancel()
-	wres := make(chan SpliceResult, 1)
-	go func() {
-		r, err := p.Wait(ctx, 30*time.Second, 0, 0)
-		if err != nil {
-			t.Errorf("Wait: %v", err)
-		}
-		wres <- r
-	}()
+	tn, p, wres := spliceStart(t, s, 60*time.Second, 30*time.Second)
 	up := spliceTransfer(tn.client, tn.server, 1, n)
 	down := spliceTransfer(tn.server, tn.client, 2, n)
 	u, d := <-up, <-down
@@ -152,7 +133,11 @@ func TestSpliceIntegrity(t *testing.T) {
 	s.objs.SpliceState.Lookup(p.cookie[0], &qa)
 	s.objs.SpliceState.Lookup(p.cookie[1], &qb)
 	t.Logf("queued max: a->b %d, b->a %d", qa.QueuedMax, qb.QueuedMax)
-	r := <-wres
+	w := <-wres
+	if w.err != nil {
+		t.Errorf("Wait: %v", w.err)
+	}
+	r := w.SpliceResult
 	t.Logf("1 GiB each way: up %.0f MiB/s, down %.0f MiB/s; %+v", float64(n)/(1<<20)/u.elapsed.Seconds(), float64(n)/(1<<20)/d.elapsed.Seconds(), r)
 	if r.End != SpliceEndClosed || r.AtoB != n || r.BtoA != n {
 		t.Errorf("Wait = %+v, want closed with %d bytes each way", r, n)
@@ -176,26 +161,13 @@ func testSpliceSlowReader(t *testing.T, cgroup string) {
 		mq = 4 << 20 // well below what the pause piles up: the overflow path runs
 	}
 	s := spliceTestSplicer(t, SplicerConfig{SndBuf: sb, MaxQueue: mq, Cgroup: cgroup})
-	ln := spliceListen(t)
-	tn := newSpliceTunnel(t, ln)
-	defer tn.closeEnds()
-	p, err := s.Splice(tn.a, tn.b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(60 * time.Second)
-	tn.client.SetDeadline(deadline)
-	tn.server.SetDeadline(deadline)
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
-	defer cancel()
-	waited := make(chan struct{})
-	go func() {
-		if r, err := p.Wait(ctx, 30*time.Second, 0, 0); err != nil || r.End != SpliceEndClosed {
-			t.Logf("Wait: %v, %v", r.End, err)
+	tn, p, wres := spliceStart(t, s, 60*time.Second, 30*time.Second)
+	defer func() {
+		tn.closeEnds()
+		if w := <-wres; w.err != nil || w.End != SpliceEndClosed {
+			t.Logf("Wait: %v, %v", w.End, w.err)
 		}
-		close(waited)
 	}()
-	defer func() { tn.closeEnds(); <-waited }()
 	n := int64(48 << 20)
 	if mq == 0 {
 		n = 160 << 20 // past the default limit (32 MiB) and the buffers on the way
@@ -363,26 +335,7 @@ func TestSpliceStoppedSenderCloses(t *testing.T) {
 }
 
 func spliceStoppedSenderCloses(t *testing.T, s *Splicer, seed uint64) (tails int) {
-	ln := spliceListen(t)
-	tn := newSpliceTunnel(t, ln)
-	defer tn.closeEnds()
-	p, err := s.Splice(tn.a, tn.b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	tn.client.SetDeadline(deadline)
-	tn.server.SetDeadline(deadline)
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
-	defer cancel()
-	res := make(chan SpliceResult, 1)
-	go func() {
-		r, err := p.Wait(ctx, 0, 0, 0)
-		if err != nil {
-			t.Errorf("Wait: %v", err)
-		}
-		res <- r
-	}()
+	tn, p, res := spliceStart(t, s, 30*time.Second, 0)
 	const n = 6 << 20 // past the queue and the server's buffers; the rest fits in the client side's
 	sent := make(chan error, 1)
 	var sum [32]byte
@@ -410,7 +363,11 @@ func spliceStoppedSenderCloses(t *testing.T, s *Splicer, seed uint64) (tails int
 		t.Fatal("SHA-256 differs")
 	}
 	tn.server.CloseWrite()
-	r := <-res
+	w := <-res
+	if w.err != nil {
+		t.Errorf("Wait: %v", w.err)
+	}
+	r := w.SpliceResult
 	tail := p.tailBytes[0].Load()
 	t.Logf("round %d: %v, %d stops, %d bytes a->b of which %d copied at the end", seed, r.End, r.Stops, r.AtoB, tail)
 	if r.End != SpliceEndClosed || r.AtoB != n {
