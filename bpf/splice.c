@@ -66,6 +66,12 @@ volatile __u32 splice_stop_sockops = 0;
 #define SPLICE_TRIM_STEP 4095
 #define SPLICE_TRIM_STEPS 512
 
+static __always_inline struct splice_total *splice_totals_get(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&splice_totals, &zero);
+}
+
 // splice_trim cuts the first n bytes off skb.
 static __always_inline int splice_trim(struct __sk_buff *skb, __u32 n)
 {
@@ -208,9 +214,15 @@ overflow:
 		}
 		s->paused = 1;
 		s->overflows++;
+		struct splice_total *t = splice_totals_get();
+		if (t)
+			t->overflows++;
 	}
 pass:
 	__sync_fetch_and_add(&s->passed, len);
+	struct splice_total *tot = splice_totals_get();
+	if (tot)
+		tot->overflow_bytes += len;
 	s->last_ns = bpf_ktime_get_ns();
 	return SK_PASS; // no redirect set: to this socket's own ingress queue
 }
@@ -264,6 +276,9 @@ int splice_sockops(struct bpf_sock_ops *skops)
 	if (bpf_map_delete_elem(&splice_socks, &cookie) == 0) {
 		s->stopped = 1;
 		s->stops++;
+		struct splice_total *t = splice_totals_get();
+		if (t)
+			t->stops++;
 		bpf_ringbuf_output(&splice_events, &cookie, sizeof(cookie), 0);
 	}
 	return 1;

@@ -67,6 +67,20 @@ struct {
 	__type(value, __u64);
 } splice_socks SEC(".maps");
 
+// Totals over all tunnels, for the metrics: per CPU, summed by the daemon.
+struct splice_total {
+	__u64 stops;          // sockets splice_sockops stopped (flow control in the kernel)
+	__u64 overflows;      // overflow episodes (flow control through userspace)
+	__u64 overflow_bytes; // bytes passed to userspace by them
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct splice_total);
+} splice_totals SEC(".maps");
+
 // Socket cookies of sockets that just went into overflow: wakes the daemon.
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

@@ -88,6 +88,15 @@ func (a splicer) Splice(client, server *net.TCPConn) (tunnel.Spliced, error) {
 	return splicedPair{p}, nil
 }
 
+// FlowTotals reports the kernel's flow-control counters (metrics).
+func (a splicer) FlowTotals() (stops, overflowBytes int64) {
+	t, err := a.s.Totals()
+	if err != nil {
+		return 0, 0
+	}
+	return int64(t.Stops), int64(t.OverflowBytes)
+}
+
 type splicedPair struct{ p *kernel.SplicedPair }
 
 func (s splicedPair) Stats() (up, down int64, last time.Time) {

@@ -123,6 +123,13 @@ const (
 	DefaultSpliceSndBuf   = 16 << 20
 )
 
+// SpliceTotals are the kernel's counters over every pair a Splicer carried.
+type SpliceTotals struct {
+	Stops         uint64 // directions stopped in the kernel because the reader was slower (SplicerConfig.Cgroup)
+	Overflows     uint64 // overflow episodes: the excess went through userspace instead
+	OverflowBytes uint64 // bytes those carried
+}
+
 // SpliceStats are the kernel's counters of one spliced pair.
 type SpliceStats struct {
 	AtoB uint64 // bytes received on a since Splice, to go out of b (kernel-redirected + Overflow)

@@ -34,6 +34,13 @@ type spliceSpliceSock struct {
 	Pad        [3]uint8
 }
 
+type spliceSpliceTotal struct {
+	_             structs.HostLayout
+	Stops         uint64
+	Overflows     uint64
+	OverflowBytes uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -43,6 +50,7 @@ const (
 	spliceMapSpliceSocks          = "splice_socks"
 	spliceMapSpliceState          = "splice_state"
 	spliceMapSpliceTargets        = "splice_targets"
+	spliceMapSpliceTotals         = "splice_totals"
 	spliceProgSpliceSetsockopt    = "splice_setsockopt"
 	spliceProgSpliceSkbVerdict    = "splice_skb_verdict"
 	spliceProgSpliceSockops       = "splice_sockops"
@@ -108,6 +116,7 @@ type spliceMapSpecs struct {
 	SpliceSocks   *ebpf.MapSpec `ebpf:"splice_socks"`
 	SpliceState   *ebpf.MapSpec `ebpf:"splice_state"`
 	SpliceTargets *ebpf.MapSpec `ebpf:"splice_targets"`
+	SpliceTotals  *ebpf.MapSpec `ebpf:"splice_totals"`
 }
 
 // spliceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -143,6 +152,7 @@ type spliceMaps struct {
 	SpliceSocks   *ebpf.Map `ebpf:"splice_socks"`
 	SpliceState   *ebpf.Map `ebpf:"splice_state"`
 	SpliceTargets *ebpf.Map `ebpf:"splice_targets"`
+	SpliceTotals  *ebpf.Map `ebpf:"splice_totals"`
 }
 
 func (m *spliceMaps) Close() error {
@@ -152,6 +162,7 @@ func (m *spliceMaps) Close() error {
 		m.SpliceSocks,
 		m.SpliceState,
 		m.SpliceTargets,
+		m.SpliceTotals,
 	)
 }
 

@@ -133,6 +133,21 @@ func OpenSplicer(logger *slog.Logger, cfg SplicerConfig) (*Splicer, error) {
 	return s, nil
 }
 
+// Totals reads the kernel's counters over all pairs (one map lookup).
+func (s *Splicer) Totals() (SpliceTotals, error) {
+	var per []spliceSpliceTotal
+	if err := s.objs.SpliceTotals.Lookup(uint32(0), &per); err != nil {
+		return SpliceTotals{}, fmt.Errorf("splice: read totals: %w", err)
+	}
+	var t SpliceTotals
+	for _, c := range per {
+		t.Stops += c.Stops
+		t.Overflows += c.Overflows
+		t.OverflowBytes += c.OverflowBytes
+	}
+	return t, nil
+}
+
 // readEvents wakes the pairs whose program went into overflow.
 func (s *Splicer) readEvents() {
 	defer s.eventsWG.Done()
@@ -1040,10 +1055,12 @@ func (st *spliceStepState) wake(d time.Duration) {
 // aims at one look per stop, and never sooner than 500 µs.
 //
 // A peer that took nothing since the last look (a reader that stopped
-// reading) is looked at again after twice as long, up to a second.
-func (p *SplicedPair) drainWait(i int, q, need uint64) time.Duration {
+// reading) is looked at again after twice as long, up to a second, and when
+// its socket has room in its send buffer again (stalled: the caller asks for
+// EPOLLOUT on it), so that a reader that resumes is not kept waiting.
+func (p *SplicedPair) drainWait(i int, q, need uint64) (d time.Duration, stalled bool) {
 	now := time.Now()
-	d := time.Millisecond
+	d = time.Millisecond
 	switch {
 	case p.stopSeen[i].IsZero():
 	case q < p.stopQ[i]:
@@ -1051,14 +1068,14 @@ func (p *SplicedPair) drainWait(i int, q, need uint64) time.Duration {
 	default:
 		p.stopSeen[i] = now
 		p.stopWait[i] = min(2*p.stopWait[i], time.Second)
-		return p.stopWait[i]
+		return p.stopWait[i], true
 	}
 	if p.drainRate[i] > 0 {
 		d = time.Duration(float64(need) / p.drainRate[i] * float64(time.Second))
 	}
 	p.stopSeen[i], p.stopQ[i] = now, q
 	p.stopWait[i] = min(max(d, 500*time.Microsecond), 50*time.Millisecond)
-	return p.stopWait[i]
+	return p.stopWait[i], false
 }
 
 // step looks at both sockets once and does what their state asks.
@@ -1126,7 +1143,11 @@ func (p *SplicedPair) step() (SpliceEnd, spliceStepState, error) {
 			// when, so look again when it should be, from the rate the
 			// peer has been taking it at.
 			if lim := uint64(p.s.cfg.MaxQueue) / 16; q > lim {
-				st.wake(p.drainWait(i, q, q-lim))
+				d, stalled := p.drainWait(i, q, q-lim)
+				st.wake(d)
+				if stalled {
+					want[1-i] |= unix.EPOLLOUT
+				}
 				continue
 			}
 			p.stopSeen[i] = time.Time{}

@@ -218,6 +218,13 @@ func testSpliceSlowReader(t *testing.T, cgroup string) {
 	}
 	st := p.Stats()
 	t.Logf("read %d bytes in %v after the pause; gaps > 100ms between reads: %v; %d stops; %d bytes in %d overflows", got, time.Since(start), stalls, st.Stops, st.Overflow, st.Overflows)
+	tot, err := s.Totals()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tot.Stops != st.Stops || tot.Overflows != st.Overflows || tot.OverflowBytes != st.Overflow {
+		t.Errorf("Splicer totals %+v, want those of its only pair: %d stops, %d overflows of %d bytes", tot, st.Stops, st.Overflows, st.Overflow)
+	}
 	switch {
 	case s.sockops != nil && (st.Stops == 0 || st.Overflows != 0):
 		t.Errorf("with the flow control in the kernel: %d stops, %d overflows; want stops and no overflow", st.Stops, st.Overflows)

@@ -22,6 +22,9 @@ func OpenSplicer(logger *slog.Logger, cfg SplicerConfig) (*Splicer, error) {
 // Close does nothing.
 func (s *Splicer) Close() error { return nil }
 
+// Totals returns zero counters.
+func (s *Splicer) Totals() (SpliceTotals, error) { return SpliceTotals{}, nil }
+
 // Splice always falls back to userspace copy outside Linux.
 func (s *Splicer) Splice(a, b *net.TCPConn) (*SplicedPair, error) {
 	return nil, fmt.Errorf("splice: %w", ErrSpliceFallback)

@@ -31,6 +31,7 @@ type collector struct {
 	srvCur, srvMax, srvTotal, srvLimit, srvQueue, srvQueueMax, srvErrors, srvStatus, srvWeight *prometheus.Desc
 
 	tunCur, tunTotal, tunBytes, tunIdle, tunKilled, tunSpliced, srvTunnels *prometheus.Desc
+	tunKStops, tunKOverflow                                                *prometheus.Desc
 
 	kMode, kLost, kFeEstab, kSrvEstab, kSrvTW, kSrcEstab, kSrcTW, kSrcOcc, kSrcFree *prometheus.Desc
 
@@ -75,6 +76,8 @@ func NewCollector(src Source) prometheus.Collector {
 		tunIdle:        d("tunnel_idle_timeouts_total", "Tunnels closed by timeout tunnel / client-fin / server-fin."),
 		tunKilled:      d("tunnels_killed_total", "Tunnels closed by the runtime API or a hard stop."),
 		tunSpliced:     d("tunnels_spliced_total", "Tunnels whose bytes the kernel carried (option kernel-splice)."),
+		tunKStops:      d("tunnel_kernel_stops_total", "Times a spliced tunnel's sender was stopped in the kernel because its reader was slower (flow control without userspace)."),
+		tunKOverflow:   d("tunnel_kernel_overflow_bytes_total", "Bytes of spliced tunnels that went through userspace because a reader was slower and the flow control could not stop the sender in the kernel."),
 		kMode:          d("kernel_counters_mode", "1 for how the kernel figures are obtained: ebpf (sockops, iter/tcp) or netlink (sock_diag).", "mode"),
 		kLost:          d("kernel_counters_lost_total", "Events the kernel programs could not record (maps full): the kernel figures are incomplete."),
 		kFeEstab:       d("kernel_frontend_established", "Established connections on the frontend's listeners, as the kernel counts them.", fe...),
@@ -111,6 +114,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	k(c.tunIdle, float64(st.Tunnels.IdleTimeouts))
 	k(c.tunKilled, float64(st.Tunnels.Killed))
 	k(c.tunSpliced, float64(st.Tunnels.Spliced))
+	k(c.tunKStops, float64(st.Tunnels.KernelStops))
+	k(c.tunKOverflow, float64(st.Tunnels.KernelOverflowBytes))
 	g(c.maxConn, float64(st.MaxConn))
 	k(c.maxconnReached, float64(st.MaxConnReached))
 	if st.KernelMode != "" {

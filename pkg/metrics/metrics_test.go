@@ -140,7 +140,7 @@ func (f fixedStats) Stats() proxy.Stats { return proxy.Stats(f) }
 func TestKernelMetrics(t *testing.T) {
 	est := int64(7)
 	st := fixedStats{KernelMode: "ebpf", KernelLost: 0,
-		Tunnels:   tunnel.Totals{Live: 2, Opened: 9, IdleTimeouts: 3, Killed: 1, Spliced: 4, Up: 1000, Down: 5000},
+		Tunnels:   tunnel.Totals{Live: 2, Opened: 9, IdleTimeouts: 3, Killed: 1, Spliced: 4, Up: 1000, Down: 5000, KernelStops: 6, KernelOverflowBytes: 7000},
 		Frontends: []proxy.FrontendStats{{Name: "fe", Kernel: &est, Steer: &proxy.SteerFrontendStats{Steered: 19, FallThrough: 1}}},
 		Backends: []proxy.BackendStats{{Name: "be", Servers: []proxy.ServerStats{{Name: "s1", State: "UP", Steered: 4, SteeredTotal: 19,
 			Kernel: &proxy.KernelServerStats{Established: 3, TimeWait: 100, Sources: []proxy.SourceStats{
@@ -171,6 +171,8 @@ func TestKernelMetrics(t *testing.T) {
 		`sluice_tunnel_idle_timeouts_total 3`,
 		`sluice_tunnels_killed_total 1`,
 		`sluice_tunnels_spliced_total 4`,
+		`sluice_tunnel_kernel_stops_total 6`,
+		`sluice_tunnel_kernel_overflow_bytes_total 7000`,
 		`sluice_tunnel_bytes_total{direction="up"} 1000`,
 		`sluice_tunnel_bytes_total{direction="down"} 5000`,
 	} {

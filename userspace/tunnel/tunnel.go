@@ -163,11 +163,23 @@ type Totals struct {
 	Live, Opened, IdleTimeouts, Killed int64
 	Spliced                            int64 // tunnels the kernel carried
 	Up, Down                           int64 // bytes, live tunnels included
+	// The splicer's flow control (SplicerTotals), when it counts: slow
+	// readers' senders stopped in the kernel, and excess bytes that went
+	// through userspace instead.
+	KernelStops, KernelOverflowBytes int64
+}
+
+// SplicerTotals is what a Splicer that counts its flow control reports.
+type SplicerTotals interface {
+	FlowTotals() (stops, overflowBytes int64)
 }
 
 // Totals returns the registry's counters.
 func (r *Registry) Totals() Totals {
 	t := Totals{Opened: r.total.Load(), IdleTimeouts: r.idleTimeouts.Load(), Killed: r.killedTunnels.Load(), Spliced: r.spliced.Load()}
+	if st, ok := r.Splicer.(SplicerTotals); ok {
+		t.KernelStops, t.KernelOverflowBytes = st.FlowTotals()
+	}
 	r.mu.Lock()
 	t.Live = int64(len(r.live))
 	for tn := range r.live {
