@@ -227,7 +227,9 @@ func spliceProxyRun(t *testing.T, mode string, n, rate int64, cgroup string) (ti
 // with the userspace overflow path — and with one paced at 1 GB/s.
 //
 // SPLICE_DEBUG=1 logs the splicer's debug lines (overflow episodes);
-// SPLICE_CPUPROFILE=FILE writes the spliced proxy's CPU profile.
+// SPLICE_CPUPROFILE=FILE writes the spliced proxy's CPU profile;
+// SPLICE_PERF_ONLY=1 runs only the first spliced case (for perf record);
+// SPLICE_MAXQ / SPLICE_SOCKBUF set SplicerConfig.MaxQueue / SndBuf.
 func TestSpliceProxyCPU(t *testing.T) {
 	spliceHeavy(t)
 	spliceTestSplicer(t, SplicerConfig{}) // privileges and support
