@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
 
@@ -128,4 +130,34 @@ func checkCgroup2(dir string) error {
 func IsRootCgroup(dir string) bool {
 	root, err := cgroup2Root()
 	return err == nil && filepath.Clean(dir) == filepath.Clean(root)
+}
+
+// cgroupProg is a program and where on a cgroup it attaches.
+type cgroupProg struct {
+	prog *ebpf.Program
+	at   ebpf.AttachType
+}
+
+// attachCgroup attaches progs, in order, to the cgroup v2 directory as
+// bpf_links — never the legacy PROG_ATTACH that link.AttachCgroup may fall
+// back to: a link goes away with the process, even after SIGKILL, while a
+// legacy attachment would outlive it. On error the links made are closed.
+func attachCgroup(cgroup string, progs ...cgroupProg) ([]link.Link, error) {
+	cg, err := os.Open(cgroup)
+	if err != nil {
+		return nil, fmt.Errorf("attach to %s: %w", cgroup, err)
+	}
+	defer cg.Close()
+	links := make([]link.Link, 0, len(progs))
+	for _, p := range progs {
+		l, err := link.AttachRawLink(link.RawLinkOptions{Target: int(cg.Fd()), Program: p.prog, Attach: p.at})
+		if err != nil {
+			for _, l := range links {
+				l.Close()
+			}
+			return nil, fmt.Errorf("attach %s to %s: %w", p.at, cgroup, err)
+		}
+		links = append(links, l)
+	}
+	return links, nil
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"os"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -56,22 +55,11 @@ func openEBPF(cgroup string) (_ *ebpfCounters, err error) {
 		}
 	}()
 
-	cg, err := os.Open(cgroup)
+	links, err := attachCgroup(cgroup, cgroupProg{e.objs.CountSockops, ebpf.AttachCGroupSockOps})
 	if err != nil {
-		return nil, fmt.Errorf("attach sockops to %s: %w", cgroup, err)
+		return nil, err
 	}
-	defer cg.Close()
-	// A bpf_link, never the legacy PROG_ATTACH that link.AttachCgroup
-	// falls back to: a link goes away with the process, even after SIGKILL,
-	// while a legacy attachment would outlive it.
-	e.sockops, err = link.AttachRawLink(link.RawLinkOptions{
-		Target:  int(cg.Fd()),
-		Program: e.objs.CountSockops,
-		Attach:  ebpf.AttachCGroupSockOps,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("attach sockops to %s: %w", cgroup, err)
-	}
+	e.sockops = links[0]
 	e.iter, err = link.AttachIter(link.IterOptions{Program: e.objs.CountScan})
 	if err != nil {
 		return nil, fmt.Errorf("attach iter/tcp: %w", err)

@@ -73,7 +73,7 @@ func spliceTestSplicer(t testing.TB, cfg SplicerConfig) *Splicer {
 		}
 		t.Fatalf("OpenSplicer: %v", err)
 	}
-	if cfg.Cgroup != "" && s.sockops == nil {
+	if cfg.Cgroup != "" && s.cgLinks == nil {
 		s.Close()
 		t.Fatalf("OpenSplicer: splice_sockops not attached to %s", cfg.Cgroup)
 	}

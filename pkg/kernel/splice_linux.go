@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"math/bits"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,25 +36,25 @@ var (
 // Splicer owns the loaded splice programs and maps. It is safe for concurrent
 // use. Close it only when the daemon stops: it ends every pair still spliced.
 type Splicer struct {
-	log     *slog.Logger
-	cfg     SplicerConfig
-	objs    spliceObjects
-	prog    *ebpf.Program
-	attach  ebpf.AttachType
-	link    link.Link // nil when attached with BPF_PROG_ATTACH (kernels before 6.10)
-	sockops link.Link // splice_sockops on SplicerConfig.Cgroup, nil without
-	// splice_setsockopt there: Splice asks it to make a pair's sockets
-	// call splice_sockops.
-	setsockopt link.Link
-	ep         *spliceEpoll
-	events     *ringbuf.Reader
-	eventsWG   sync.WaitGroup
-	mu         sync.Mutex
-	closed     bool
-	nextID     uint64
-	pairs      map[uint64]*SplicedPair
-	byCookie   map[uint64]*SplicedPair
-	closeMu    sync.Mutex // serialises Close
+	log    *slog.Logger
+	cfg    SplicerConfig
+	objs   spliceObjects
+	prog   *ebpf.Program
+	attach ebpf.AttachType
+	link   link.Link // nil when attached with BPF_PROG_ATTACH (kernels before 6.10)
+	// splice_sockops and splice_setsockopt on SplicerConfig.Cgroup (Splice
+	// asks the latter to make a pair's sockets call the former); nil
+	// without: a slow reader's backlog is copied in userspace.
+	cgLinks  []link.Link
+	ep       *spliceEpoll
+	events   *ringbuf.Reader
+	eventsWG sync.WaitGroup
+	mu       sync.Mutex
+	closed   bool
+	nextID   uint64
+	pairs    map[uint64]*SplicedPair
+	byCookie map[uint64]*SplicedPair
+	closeMu  sync.Mutex // serialises Close
 }
 
 // OpenSplicer loads bpf/splice.c and attaches its verdict program to the
@@ -148,56 +147,40 @@ func (s *Splicer) Totals() (SpliceTotals, error) {
 	return t, nil
 }
 
-// readEvents wakes the pairs whose program went into overflow.
+// readEvents wakes the pairs whose program reported something (overflow,
+// stop, a broken stream).
 func (s *Splicer) readEvents() {
 	defer s.eventsWG.Done()
-	var rec ringbuf.Record
-	for {
-		if err := s.events.ReadInto(&rec); err != nil {
-			if errors.Is(err, ringbuf.ErrClosed) {
-				return
-			}
-			s.log.Warn("splice: read overflow events", "err", err)
-			time.Sleep(10 * time.Millisecond)
-			continue
+	readRing(s.events, s.log, "splice: read events", func(sample []byte) {
+		if len(sample) < 8 {
+			return
 		}
-		if len(rec.RawSample) < 8 {
-			continue
-		}
-		cookie := binary.NativeEndian.Uint64(rec.RawSample)
+		cookie := binary.NativeEndian.Uint64(sample)
 		s.mu.Lock()
 		p := s.byCookie[cookie]
 		s.mu.Unlock()
 		if p != nil {
 			p.wake()
 		}
-	}
+	})
 }
 
-// attachSockops attaches splice_sockops to cgroup and tells the verdict
-// program to use it.
+// attachSockops attaches splice_sockops and splice_setsockopt to cgroup and
+// tells the verdict program to use them.
 func (s *Splicer) attachSockops(cgroup string) error {
-	cg, err := os.Open(cgroup)
+	links, err := attachCgroup(cgroup,
+		cgroupProg{s.objs.SpliceSockops, ebpf.AttachCGroupSockOps},
+		cgroupProg{s.objs.SpliceSetsockopt, ebpf.AttachCGroupSetsockopt})
 	if err != nil {
-		return fmt.Errorf("attach sockops to %s: %w", cgroup, err)
-	}
-	defer cg.Close()
-	// Links, never PROG_ATTACH: they go away with the process.
-	l, err := link.AttachRawLink(link.RawLinkOptions{Target: int(cg.Fd()), Program: s.objs.SpliceSockops, Attach: ebpf.AttachCGroupSockOps})
-	if err != nil {
-		return fmt.Errorf("attach sockops to %s: %w", cgroup, err)
-	}
-	l2, err := link.AttachRawLink(link.RawLinkOptions{Target: int(cg.Fd()), Program: s.objs.SpliceSetsockopt, Attach: ebpf.AttachCGroupSetsockopt})
-	if err != nil {
-		l.Close()
-		return fmt.Errorf("attach cgroup/setsockopt to %s: %w", cgroup, err)
+		return err
 	}
 	if err := s.objs.SpliceStopSockops.Set(uint32(1)); err != nil {
-		l.Close()
-		l2.Close()
+		for _, l := range links {
+			l.Close()
+		}
 		return fmt.Errorf("enable sockops flow control: %w", err)
 	}
-	s.sockops, s.setsockopt = l, l2
+	s.cgLinks = links
 	return nil
 }
 
@@ -207,12 +190,10 @@ func (s *Splicer) attachSockops(cgroup string) error {
 const tcpBPFSockOpsCBFlags = 1008
 
 func (s *Splicer) detach() {
-	for _, l := range []*link.Link{&s.sockops, &s.setsockopt} {
-		if *l != nil {
-			(*l).Close()
-			*l = nil
-		}
+	for _, l := range s.cgLinks {
+		l.Close()
 	}
+	s.cgLinks = nil
 	if s.link != nil {
 		s.link.Close()
 		s.link = nil
@@ -416,7 +397,7 @@ func (s *Splicer) Splice(a, b *net.TCPConn) (*SplicedPair, error) {
 				}
 			}
 		}
-		if s.sockops != nil {
+		if s.cgLinks != nil {
 			// Only tunnel sockets call splice_sockops (see
 			// splice_setsockopt). Without it this pair's slow
 			// directions take the overflow path.

@@ -226,9 +226,9 @@ func testSpliceSlowReader(t *testing.T, cgroup string) {
 		t.Errorf("Splicer totals %+v, want those of its only pair: %d stops, %d overflows of %d bytes", tot, st.Stops, st.Overflows, st.Overflow)
 	}
 	switch {
-	case s.sockops != nil && (st.Stops == 0 || st.Overflows != 0):
+	case s.cgLinks != nil && (st.Stops == 0 || st.Overflows != 0):
 		t.Errorf("with the flow control in the kernel: %d stops, %d overflows; want stops and no overflow", st.Stops, st.Overflows)
-	case s.sockops == nil && st.Overflows == 0:
+	case s.cgLinks == nil && st.Overflows == 0:
 		t.Errorf("the kernel's queue never reached MaxQueue (%d bytes): the overflow path went untested", mq)
 	}
 }
@@ -328,7 +328,7 @@ func spliceFirstDiff(a, b []byte) int {
 // order, then the EOF, and the byte counts are exact.
 func TestSpliceStoppedSenderCloses(t *testing.T) {
 	s := spliceTestSplicer(t, SplicerConfig{SndBuf: 1 << 20, MaxQueue: 1 << 20})
-	if s.sockops == nil {
+	if s.cgLinks == nil {
 		t.Skip("no cgroup for the flow control in the kernel")
 	}
 	tails := 0

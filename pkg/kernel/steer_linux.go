@@ -215,30 +215,18 @@ func OpenSteerer(opts SteerOptions) (_ *Steerer, err error) {
 // attach links the programs to the cgroup: first those that give places
 // back and restore peer names, last those that take places.
 func (s *Steerer) attach() error {
-	cg, err := os.Open(s.cgroup)
+	links, err := attachCgroup(s.cgroup,
+		cgroupProg{s.objs.SteerRelease, ebpf.AttachCgroupInetSockRelease},
+		cgroupProg{s.objs.SteerSockops, ebpf.AttachCGroupSockOps},
+		cgroupProg{s.objs.SteerGetpeername4, ebpf.AttachCgroupInet4GetPeername},
+		cgroupProg{s.objs.SteerGetpeername6, ebpf.AttachCgroupInet6GetPeername},
+		cgroupProg{s.objs.SteerConnect4, ebpf.AttachCGroupInet4Connect},
+		cgroupProg{s.objs.SteerConnect6, ebpf.AttachCGroupInet6Connect},
+	)
 	if err != nil {
-		return fmt.Errorf("attach to %s: %w", s.cgroup, err)
+		return err
 	}
-	defer cg.Close()
-	for _, p := range []struct {
-		prog *ebpf.Program
-		at   ebpf.AttachType
-	}{
-		{s.objs.SteerRelease, ebpf.AttachCgroupInetSockRelease},
-		{s.objs.SteerSockops, ebpf.AttachCGroupSockOps},
-		{s.objs.SteerGetpeername4, ebpf.AttachCgroupInet4GetPeername},
-		{s.objs.SteerGetpeername6, ebpf.AttachCgroupInet6GetPeername},
-		{s.objs.SteerConnect4, ebpf.AttachCGroupInet4Connect},
-		{s.objs.SteerConnect6, ebpf.AttachCGroupInet6Connect},
-	} {
-		// A bpf_link, never the legacy PROG_ATTACH (which link.AttachCgroup
-		// may fall back to): a link goes away with the process.
-		l, err := link.AttachRawLink(link.RawLinkOptions{Target: int(cg.Fd()), Program: p.prog, Attach: p.at})
-		if err != nil {
-			return fmt.Errorf("attach %s to %s: %w", p.at, s.cgroup, err)
-		}
-		s.links = append(s.links, l)
-	}
+	s.links = append(s.links, links...)
 	return nil
 }
 
@@ -285,20 +273,11 @@ func (s *Steerer) counts(slot uint32) *steerSteerConns {
 // readEvents passes the kernel's release events to OnRelease.
 func (s *Steerer) readEvents() {
 	defer s.eventsWG.Done()
-	var rec ringbuf.Record
-	for {
-		if err := s.events.ReadInto(&rec); err != nil {
-			if errors.Is(err, ringbuf.ErrClosed) {
-				return
-			}
-			s.log.Warn("kernel steering: read release events", "err", err)
-			time.Sleep(10 * time.Millisecond)
-			continue
+	readRing(s.events, s.log, "kernel steering: read release events", func(sample []byte) {
+		if len(sample) < 4 || s.onRelease == nil {
+			return
 		}
-		if len(rec.RawSample) < 4 || s.onRelease == nil {
-			continue
-		}
-		slot := binary.NativeEndian.Uint32(rec.RawSample)
+		slot := binary.NativeEndian.Uint32(sample)
 		var addr netip.AddrPort
 		if v := s.view.Load(); slot < uint32(len(v.addrs)) {
 			addr = v.addrs[slot]
@@ -306,7 +285,7 @@ func (s *Steerer) readEvents() {
 		if addr.IsValid() {
 			s.onRelease(addr)
 		}
-	}
+	})
 }
 
 // Cgroup is the cgroup whose processes are steered.
